@@ -1,0 +1,159 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""percpu._core: CPU ids, machine features, the thread registry and the team."""
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+from percpu.cpercpu cimport *
+
+cdef extern from *:
+    """
+    static pc_registry *pc_the_registry;
+
+    static void pc_registry_thread_exit(void *p) {
+        if (p && pc_the_registry) pc_registry_leave(pc_the_registry, (pc_thread_rec *)p);
+    }
+
+    /* After fork() only the forking thread exists in the child: records of
+     * the parent's other threads would never be given back, and the mutex
+     * may have been held by one of them. */
+    static void pc_registry_atfork_child(void) {
+        pc_registry *reg = pc_the_registry;
+        pc_thread_rec *mine = (pc_thread_rec *)pthread_getspecific(reg->key);
+        int i;
+        pthread_mutex_init(&reg->lock, NULL);
+        reg->live = 0;
+        for (i = 0; i < PC_MAX_THREADS; i++) {
+            pc_thread_rec *r = &reg->recs[i];
+            if (r == mine) { r->seq &= ~(uint64_t)1; reg->live++; }
+            else if (r->in_use) { r->in_use = 0; r->seq = 0; }
+        }
+    }
+
+    static int pc_registry_create(void) {
+        pc_registry *reg;
+        int i;
+        if (pc_the_registry) return 0;
+        /* The records are cache-line aligned; so must the block be. */
+        if (posix_memalign((void **)&reg, PC_CACHELINE, sizeof *reg)) return -1;
+        memset(reg, 0, sizeof *reg);
+        pthread_mutex_init(&reg->lock, NULL);
+        if (pthread_key_create(&reg->key, pc_registry_thread_exit)) return -1;
+        for (i = 0; i < PC_MAX_THREADS; i++) reg->recs[i].index = i;
+        /* Register both expedited flavours; each may be missing (old kernel,
+         * seccomp). The RSEQ one is useful only where rseq is live. */
+        if (pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED, 0) == 0) {
+            reg->membarrier = PC_MB_EXPEDITED;
+            if (pc_rseq_live() &&
+                pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0) == 0)
+                reg->membarrier = PC_MB_EXPEDITED_RSEQ;
+        }
+        pc_the_registry = reg;
+        pthread_atfork(NULL, NULL, pc_registry_atfork_child);
+        return 0;
+    }
+    """
+    pc_registry *pc_the_registry
+    int pc_registry_create() nogil
+
+if pc_registry_create() != 0:
+    raise MemoryError("percpu: cannot create the thread registry")
+
+_registry = PyCapsule_New(<void *>pc_the_registry, b"percpu._core._registry", NULL)
+
+
+def nr_cpus() -> int:
+    """Number of per-CPU slots: every possible CPU (not only the online ones)."""
+    return pc_nr_cpus()
+
+
+def current_cpu() -> int:
+    """The CPU this thread is running on (a hint: it may migrate right after)."""
+    return pc_current_cpu()
+
+
+def features() -> dict:
+    """What the fast paths use on this machine.
+
+    ``rseq``: per-CPU adds run as rseq critical sections; ``membarrier``: the
+    expedited membarrier flavour registered (``"rseq"``, ``"expedited"`` or
+    ``None``); ``cacheline``: padding unit in bytes; ``nr_cpus``: slot count;
+    ``cpu_source``: where cpu ids come from (``rseq``, ``getcpu``, ``thread``).
+    """
+    cdef int mb = pc_the_registry.membarrier
+    return {
+        "rseq": bool(pc_rseq_live()),
+        "membarrier": {PC_MB_EXPEDITED_RSEQ: "rseq", PC_MB_EXPEDITED: "expedited"}.get(mb),
+        "cacheline": PC_CACHELINE,
+        "nr_cpus": pc_nr_cpus(),
+        "cpu_source": pc_cpu_source_name().decode(),
+    }
+
+
+def registry_stats() -> dict:
+    """Thread registry figures: live threads, records handed out, grace periods run."""
+    return {
+        "live": pc_the_registry.live,
+        "high_water": pc_the_registry.high_water,
+        "grace_periods": pc_the_registry.grace_periods,
+        "capacity": PC_MAX_THREADS,
+    }
+
+
+def synchronize() -> None:
+    """Run one grace period: every per-CPU fast path open now has finished."""
+    with nogil:
+        pc_synchronize(pc_the_registry)
+
+
+cdef struct SelfTestArg:
+    int64_t *cells  # one padded cell per thread
+
+
+cdef void _selftest_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    cdef SelfTestArg *a = <SelfTestArg *>arg
+    cdef int64_t *cell = a.cells + tid * (PC_CACHELINE // 8)
+    cdef int64_t i
+    for i in range(ops):
+        cell[0] += 1
+    done[0] = ops
+
+
+def team_selftest(int threads, long long ops, bint pin=False) -> dict:
+    """Run the native team with a trivial kernel (each thread counts to ``ops`` in
+    its own padded cell). Returns ``wall_ns``, ``done`` (per thread) and ``cells``."""
+    if threads <= 0:
+        raise ValueError(f"threads must be > 0, not {threads}")
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, not {ops}")
+    cdef pc_team team
+    cdef SelfTestArg arg
+    cdef int stride = PC_CACHELINE // 8
+    cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
+    arg.cells = <int64_t *>calloc(threads * stride, sizeof(int64_t))
+    if done == NULL or arg.cells == NULL:
+        free(done)
+        free(arg.cells)
+        raise MemoryError()
+    memset(&team, 0, sizeof(team))
+    team.nthreads = threads
+    team.pin = pin
+    team.ops = ops
+    team.fn = _selftest_kernel
+    team.arg = &arg
+    team.done = done
+    cdef int err
+    with nogil:
+        err = pc_team_run(&team)
+    try:
+        if err:
+            raise OSError(err, "percpu: cannot start the thread team")
+        return {
+            "wall_ns": team.wall_ns,
+            "done": [done[i] for i in range(threads)],
+            "cells": [arg.cells[i * stride] for i in range(threads)],
+        }
+    finally:
+        free(done)
+        free(arg.cells)

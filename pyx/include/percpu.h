@@ -1,0 +1,654 @@
+/*
+ * percpu.h: the one C header of percpu.
+ *
+ * Atomics with explicit memory orders, the current CPU id (rseq area, then
+ * sched_getcpu(), then a per-thread index), membarrier, the cache-line size,
+ * the thread registry used by the fallback grace period and by per-thread
+ * slots, the rseq per-CPU add, and the native thread team.
+ *
+ * Everything is `static` so that each extension module (and each user module
+ * that cimports a percpu .pxd) carries its own copy; state that must be one per
+ * process (the thread registry) lives in percpu._core and is reached through a
+ * pointer that every object carries.
+ */
+#ifndef PERCPU_H
+#define PERCPU_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Compiler helpers                                                          */
+
+#define PC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define PC_COLD __attribute__((cold, noinline))
+
+/* The cache-line size that separates two slots that must not false-share.
+ * x86-64 lines are 64 bytes; arm64 (Apple, Neoverse) and POWER move 128 bytes
+ * at a time, so padding to 64 there still shares. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PC_CACHELINE 64
+#else
+#define PC_CACHELINE 128
+#endif
+#define PC_CACHELINE_ALIGNED __attribute__((aligned(PC_CACHELINE)))
+
+static inline size_t pc_round_up(size_t n, size_t align) {
+    return (n + align - 1) & ~(align - 1);
+}
+
+static inline void pc_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* Atomics. Every call site passes the order as a literal and says why it is  */
+/* enough; these wrappers exist so that every access to shared memory goes    */
+/* through one visible place.                                                 */
+
+#define PC_RELAXED __ATOMIC_RELAXED
+#define PC_ACQUIRE __ATOMIC_ACQUIRE
+#define PC_RELEASE __ATOMIC_RELEASE
+#define PC_ACQ_REL __ATOMIC_ACQ_REL
+#define PC_SEQ_CST __ATOMIC_SEQ_CST
+
+#define PC_DEFINE_ATOMICS(T, S)                                                 \
+    static inline T pc_load_##S(const T *p, int mo) {                          \
+        return __atomic_load_n(p, mo);                                          \
+    }                                                                           \
+    static inline void pc_store_##S(T *p, T v, int mo) {                       \
+        __atomic_store_n(p, v, mo);                                             \
+    }                                                                           \
+    static inline T pc_exchange_##S(T *p, T v, int mo) {                       \
+        return __atomic_exchange_n(p, v, mo);                                   \
+    }                                                                           \
+    /* On failure *expected receives the current value. */                     \
+    static inline int pc_cas_##S(T *p, T *expected, T desired, int mo_ok,      \
+                                 int mo_fail) {                                 \
+        return __atomic_compare_exchange_n(p, expected, desired, 0, mo_ok,     \
+                                           mo_fail);                            \
+    }
+
+#define PC_DEFINE_ARITH(T, S)                                                   \
+    static inline T pc_fetch_add_##S(T *p, T v, int mo) {                      \
+        return __atomic_fetch_add(p, v, mo);                                    \
+    }                                                                           \
+    static inline T pc_add_fetch_##S(T *p, T v, int mo) {                      \
+        return __atomic_add_fetch(p, v, mo);                                    \
+    }
+
+PC_DEFINE_ATOMICS(int32_t, i32)
+PC_DEFINE_ATOMICS(int64_t, i64)
+PC_DEFINE_ATOMICS(uint64_t, u64)
+typedef void *pc_voidp;
+PC_DEFINE_ATOMICS(pc_voidp, ptr)
+PC_DEFINE_ARITH(int32_t, i32)
+PC_DEFINE_ARITH(int64_t, i64)
+PC_DEFINE_ARITH(uint64_t, u64)
+
+static inline void pc_fence(int mo) { __atomic_thread_fence(mo); }
+/* Orders the compiler only: the other side pays for the hardware fence. */
+static inline void pc_compiler_barrier(void) { __atomic_signal_fence(PC_SEQ_CST); }
+
+/* ------------------------------------------------------------------------ */
+/* Time                                                                      */
+
+static inline int64_t pc_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Possible CPUs                                                             */
+
+/* Parses a kernel cpu list ("0-3,8-11") and returns its highest id + 1. */
+static int pc_parse_cpulist_max(const char *s) {
+    int best = -1;
+    while (*s) {
+        char *end;
+        long a = strtol(s, &end, 10), b;
+        if (end == s) break;
+        b = a;
+        if (*end == '-') {
+            s = end + 1;
+            b = strtol(s, &end, 10);
+            if (end == s) break;
+        }
+        if (b > best) best = (int)b;
+        s = end;
+        if (*s == ',') s++; else break;
+    }
+    return best + 1;
+}
+
+static int pc_nr_cpus_cached;
+
+/* The number of per-CPU slots: every possible CPU, so that any id the kernel
+ * can ever hand out (after hotplug too) indexes inside the array. */
+static inline int pc_nr_cpus(void) {
+    int n = pc_load_i32(&pc_nr_cpus_cached, PC_RELAXED);
+    if (PC_LIKELY(n > 0)) return n;
+    {
+        char buf[256];
+        FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
+        n = 0;
+        if (f) {
+            if (fgets(buf, sizeof buf, f)) n = pc_parse_cpulist_max(buf);
+            fclose(f);
+        }
+        {
+            long conf = sysconf(_SC_NPROCESSORS_CONF);
+            if (conf > n) n = (int)conf;
+        }
+        if (n <= 0) n = 1;
+    }
+    /* Racing initialisers compute the same value: relaxed is enough. */
+    pc_store_i32(&pc_nr_cpus_cached, n, PC_RELAXED);
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Current CPU: rseq area, sched_getcpu(), or a per-thread index             */
+
+enum {
+    PC_CPU_UNINIT = 0,
+    PC_CPU_RSEQ = 1,      /* glibc registered rseq; cpu_id read from its area */
+    PC_CPU_GETCPU = 2,    /* sched_getcpu() (vDSO) */
+    PC_CPU_THREAD = 3     /* neither: a per-thread index, modulo nr_cpus */
+};
+
+/* The kernel's struct rseq, as far as we use it. */
+struct pc_rseq_abi {
+    uint32_t cpu_id_start;
+    int32_t cpu_id;
+    uint64_t rseq_cs;
+    uint32_t flags;
+};
+
+static int pc_cpu_mode;          /* one of PC_CPU_*, per module */
+static ptrdiff_t pc_rseq_offset; /* glibc's __rseq_offset from the thread pointer */
+static int pc_next_thread_slot;
+static __thread int pc_tls_thread_slot = -1;
+
+static inline struct pc_rseq_abi *pc_rseq_area(void) {
+    return (struct pc_rseq_abi *)((char *)__builtin_thread_pointer() + pc_rseq_offset);
+}
+
+static int pc_env_no_rseq(void) {
+    const char *e = getenv("PERCPU_NO_RSEQ");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+/* Decides once per module where cpu ids come from. Looking the glibc symbols
+ * up with dlsym (instead of linking them) keeps the module loadable on glibc
+ * older than 2.35, where it simply uses the fallback. */
+static PC_COLD int pc_cpu_init(void) {
+    int mode = PC_CPU_THREAD;
+    if (!pc_env_no_rseq()) {
+#if defined(__x86_64__)
+        const ptrdiff_t *off = (const ptrdiff_t *)dlsym(RTLD_DEFAULT, "__rseq_offset");
+        const unsigned int *size = (const unsigned int *)dlsym(RTLD_DEFAULT, "__rseq_size");
+        /* Size 0 means glibc did not register (glibc.pthread.rseq=0 or a
+         * kernel without rseq); then cpu_id also reads -2 (unregistered). */
+        if (off && size && *size >= 20) {
+            pc_rseq_offset = *off;
+            if (pc_load_i32(&pc_rseq_area()->cpu_id, PC_RELAXED) >= 0) mode = PC_CPU_RSEQ;
+        }
+#endif
+    }
+    if (mode != PC_CPU_RSEQ && sched_getcpu() >= 0) mode = PC_CPU_GETCPU;
+    (void)pc_nr_cpus();
+    /* Initialisers racing here store the same value. */
+    pc_store_i32(&pc_cpu_mode, mode, PC_RELAXED);
+    return mode;
+}
+
+static inline int pc_cpu_source(void) {
+    int mode = pc_load_i32(&pc_cpu_mode, PC_RELAXED);
+    return PC_LIKELY(mode != PC_CPU_UNINIT) ? mode : pc_cpu_init();
+}
+
+static PC_COLD int pc_thread_slot_assign(void) {
+    /* Only distinctness matters; relaxed is enough. */
+    int s = pc_fetch_add_i32(&pc_next_thread_slot, 1, PC_RELAXED);
+    pc_tls_thread_slot = s;
+    return s;
+}
+
+static PC_COLD int pc_current_cpu_slow(int mode) {
+    int n = pc_nr_cpus(), cpu = -1;
+    if (mode == PC_CPU_RSEQ) cpu = pc_load_i32(&pc_rseq_area()->cpu_id, PC_RELAXED);
+    else if (mode == PC_CPU_GETCPU) cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= n) {
+        int s = pc_tls_thread_slot;
+        if (s < 0) s = pc_thread_slot_assign();
+        cpu = s % n;
+    }
+    return cpu;
+}
+
+/* The CPU this thread ran on a moment ago: always in [0, nr_cpus). A hint
+ * only (the thread may migrate right after); callers that need exclusivity
+ * use an rseq critical section or an atomic on the slot. */
+static inline int pc_current_cpu(void) {
+    int mode = pc_cpu_source();
+    if (PC_LIKELY(mode == PC_CPU_RSEQ)) {
+        /* The kernel writes cpu_id on every return to user space of this
+         * thread; a relaxed load sees a value that was true recently. */
+        int cpu = pc_load_i32(&pc_rseq_area()->cpu_id, PC_RELAXED);
+        if (PC_LIKELY((unsigned)cpu < (unsigned)pc_load_i32(&pc_nr_cpus_cached, PC_RELAXED)))
+            return cpu;
+    }
+    return pc_current_cpu_slow(mode);
+}
+
+static inline const char *pc_cpu_source_name(void) {
+    switch (pc_cpu_source()) {
+    case PC_CPU_RSEQ: return "rseq";
+    case PC_CPU_GETCPU: return "getcpu";
+    default: return "thread";
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The rseq per-CPU add: the user-space this_cpu_add()                       */
+/*
+ * The critical section loads this thread's cpu_id from its rseq area, indexes
+ * the slot and adds with one plain (unlocked) add, which is the commit. If the
+ * thread is preempted, migrated or signalled before the commit, the kernel
+ * moves it to the abort label instead and nothing was written, so no other
+ * thread can have touched the slot in between: the slot of a CPU is written
+ * only by the thread running on that CPU. Readers of the slot use relaxed
+ * atomic loads; an aligned 8-byte store is single-copy atomic on x86-64, so a
+ * reader sees the old or the new value, never a torn one.
+ *
+ * The descriptor goes in a writable section ("aw") so that a shared object
+ * needs no text relocation; the abort handler is preceded by glibc's rseq
+ * signature (0x53053053, encoded as the operand of an ud1 so that it can never
+ * be executed by falling into it).
+ */
+#if defined(__x86_64__) && !defined(PERCPU_NO_RSEQ_ASM)
+#define PC_HAVE_RSEQ_ASM 1
+
+#define PC_RSEQ_CS_BEGIN                                                       \
+    ".pushsection __rseq_cs, \"aw\"\n\t"                                       \
+    ".balign 32\n\t"                                                           \
+    "333:\n\t"                                                                 \
+    ".long 0, 0\n\t"                                                           \
+    ".quad 111f, 222f - 111f, 444f\n\t"                                        \
+    ".popsection\n\t"                                                          \
+    "leaq 333b(%%rip), %%rax\n\t"                                              \
+    "movq %%rax, %%fs:8(%[off])\n\t"                                           \
+    "111:\n\t"
+
+#define PC_RSEQ_CS_END                                                         \
+    "222:\n\t"                                                                 \
+    ".pushsection __rseq_failure, \"ax\"\n\t"                                  \
+    ".byte 0x0f, 0xb9, 0x3d\n\t"                                               \
+    ".long 0x53053053\n\t"                                                     \
+    "444:\n\t"                                                                 \
+    "jmp %l[abort]\n\t"                                                        \
+    ".popsection\n\t"
+
+/* Adds v to the current CPU's slot base + cpu * stride. Returns 0 when done,
+ * 1 when the section was aborted (nothing written; the caller retries). */
+static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
+    __asm__ goto(PC_RSEQ_CS_BEGIN
+                 "movslq %%fs:4(%[off]), %%rax\n\t"
+                 "imulq %[stride], %%rax\n\t"
+                 "addq %[v], (%[base], %%rax)\n\t"
+                 PC_RSEQ_CS_END
+                 : /* no outputs */
+                 : [off] "r"(pc_rseq_offset), [stride] "r"(stride), [base] "r"(base),
+                   [v] "r"(v)
+                 : "rax", "memory", "cc"
+                 : abort);
+    return 0;
+abort:
+    return 1;
+}
+
+/* The same, but only while *mode == 0 (the per-CPU mode of a reference);
+ * returns 2 without writing when *mode != 0. The mode is read inside the
+ * section, so a thread that saw 0 and was then overtaken by a mode switch
+ * followed by membarrier(PRIVATE_EXPEDITED_RSEQ) is aborted before it commits:
+ * that is the grace period. */
+static inline int pc_rseq_add_if_i64(const int32_t *mode, char *base, size_t stride,
+                                     int64_t v) {
+    __asm__ goto(PC_RSEQ_CS_BEGIN
+                 "cmpl $0, (%[mode])\n\t"
+                 "jne %l[not_fast]\n\t"
+                 "movslq %%fs:4(%[off]), %%rax\n\t"
+                 "imulq %[stride], %%rax\n\t"
+                 "addq %[v], (%[base], %%rax)\n\t"
+                 PC_RSEQ_CS_END
+                 : /* no outputs */
+                 : [off] "r"(pc_rseq_offset), [stride] "r"(stride), [base] "r"(base),
+                   [v] "r"(v), [mode] "r"(mode)
+                 : "rax", "memory", "cc"
+                 : abort, not_fast);
+    return 0;
+abort:
+    return 1;
+not_fast:
+    return 2;
+}
+#else
+#define PC_HAVE_RSEQ_ASM 0
+static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
+    (void)base; (void)stride; (void)v;
+    return 1;
+}
+static inline int pc_rseq_add_if_i64(const int32_t *mode, char *base, size_t stride,
+                                     int64_t v) {
+    (void)mode; (void)base; (void)stride; (void)v;
+    return 1;
+}
+#endif
+
+/* Whether the per-CPU fast paths run as rseq critical sections. */
+static inline int pc_rseq_live(void) {
+    return PC_HAVE_RSEQ_ASM && pc_cpu_source() == PC_CPU_RSEQ;
+}
+
+static PC_COLD void pc_percpu_add_slow(char *base, size_t stride, int64_t v) {
+    int tries;
+    if (pc_rseq_live()) {
+        /* An abort means preemption, migration or a signal: rare, retry. */
+        for (tries = 0; tries < 16; tries++)
+            if (pc_rseq_add_i64(base, stride, v) == 0) return;
+    }
+    /* Other threads may run on "our" CPU meanwhile: the add must be atomic.
+     * Relaxed: a counter's value is only read as a sum, no data is
+     * published through it. */
+    pc_fetch_add_i64((int64_t *)(base + (size_t)pc_current_cpu() * stride), v, PC_RELAXED);
+}
+
+/* this_cpu_add(): adds v to the current CPU's int64 slot at base + cpu*stride. */
+static inline void pc_percpu_add(char *base, size_t stride, int64_t v) {
+    if (PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_RELAXED) == PC_CPU_RSEQ) &&
+        PC_LIKELY(pc_rseq_add_i64(base, stride, v) == 0))
+        return;
+    pc_percpu_add_slow(base, stride, v);
+}
+
+/* Sum of the int64 slots of every CPU. Relaxed: each slot is read once and
+ * the caller only needs a value that each slot held at some moment. */
+static inline int64_t pc_percpu_sum(const char *base, size_t stride) {
+    int64_t s = 0;
+    int c, n = pc_nr_cpus();
+    for (c = 0; c < n; c++) s += pc_load_i64((const int64_t *)(base + (size_t)c * stride), PC_RELAXED);
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* membarrier                                                                */
+
+#define PC_MB_QUERY 0
+#define PC_MB_PRIVATE_EXPEDITED (1 << 3)
+#define PC_MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
+#define PC_MB_PRIVATE_EXPEDITED_RSEQ (1 << 7)
+#define PC_MB_REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8)
+
+static inline long pc_membarrier(int cmd, unsigned flags) {
+#ifdef __NR_membarrier
+    return syscall(__NR_membarrier, cmd, flags, 0);
+#else
+    (void)cmd; (void)flags;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* Thread registry                                                           */
+/*
+ * One per process (owned by percpu._core). Each thread that uses a fallback
+ * fast path or a per-thread slot gets a record: a small index, unique among
+ * live threads and reused after exit, and a sequence number that is odd while
+ * the thread is inside a fallback read-side section.
+ */
+#define PC_MAX_THREADS 1024
+
+typedef struct {
+    uint64_t seq;      /* odd: inside a fallback section */
+    int32_t index;     /* position in the registry, stable for the record */
+    int32_t in_use;    /* owned by a live thread */
+    char pad[PC_CACHELINE - 16];
+} PC_CACHELINE_ALIGNED pc_thread_rec;
+
+enum { PC_MB_NONE = 0, PC_MB_EXPEDITED = 1, PC_MB_EXPEDITED_RSEQ = 2 };
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_key_t key;
+    int32_t high_water;  /* records [0, high_water) have been handed out */
+    int32_t live;        /* records in use */
+    int32_t membarrier;  /* which PC_MB_* registrations succeeded */
+    int32_t grace_periods;
+    pc_thread_rec recs[PC_MAX_THREADS];
+} pc_registry;
+
+static __thread pc_thread_rec *pc_tls_rec;
+
+/* Gives the record of an exiting thread back. Its seq is even (a thread
+ * cannot exit inside a section). The mutex hands the record, and the slots it
+ * indexes, over to the next owner with a happens-before edge. */
+static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
+    pthread_mutex_lock(&reg->lock);
+    if (rec->in_use) {
+        rec->in_use = 0;
+        reg->live--;
+    }
+    pthread_mutex_unlock(&reg->lock);
+}
+
+/* Returns this thread's record, registering it on first use; NULL when the
+ * registry is full (callers then take a shared slow path). */
+static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
+    pc_thread_rec *rec = (pc_thread_rec *)pthread_getspecific(reg->key);
+    int i;
+    if (rec) {
+        pc_tls_rec = rec;
+        return rec;
+    }
+    pthread_mutex_lock(&reg->lock);
+    for (i = 0; i < PC_MAX_THREADS; i++) {
+        if (!reg->recs[i].in_use) {
+            rec = &reg->recs[i];
+            rec->in_use = 1;
+            reg->live++;
+            /* Writers of high_water hold the lock; the grace period reads it
+             * with acquire to see the records' initial state. */
+            if (i >= reg->high_water) pc_store_i32(&reg->high_water, i + 1, PC_RELEASE);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    if (rec) {
+        pthread_setspecific(reg->key, rec);
+        pc_tls_rec = rec;
+    }
+    return rec;
+}
+
+static inline pc_thread_rec *pc_thread_record(pc_registry *reg) {
+    pc_thread_rec *rec = pc_tls_rec;
+    return PC_LIKELY(rec != NULL) ? rec : pc_registry_join(reg);
+}
+
+/* Enter/leave a fallback read-side section. With membarrier the reader only
+ * needs a compiler barrier between its seq store and its later loads: the
+ * writer's membarrier() acts as a full fence on every running thread.
+ * Without membarrier both sides fence (Dekker). */
+static inline void pc_section_enter(pc_registry *reg, pc_thread_rec *rec) {
+    /* Only this thread writes its seq; the writer reads it. */
+    pc_store_u64(&rec->seq, rec->seq + 1, PC_RELAXED);
+    if (pc_load_i32(&reg->membarrier, PC_RELAXED) != PC_MB_NONE) pc_compiler_barrier();
+    else pc_fence(PC_SEQ_CST);
+}
+
+static inline void pc_section_exit(pc_thread_rec *rec) {
+    /* Release: the section's writes are visible to a grace period that
+     * sees the even value. */
+    pc_store_u64(&rec->seq, rec->seq + 1, PC_RELEASE);
+}
+
+/* Waits until every thread is known to have left the fast paths that could
+ * have read state written before this call (a mode switch): the user-space
+ * synchronize_sched(). Never call it from inside a section. */
+static void pc_synchronize(pc_registry *reg) {
+    int i, hw, spins;
+    int mb = pc_load_i32(&reg->membarrier, PC_RELAXED);
+    pc_fetch_add_i32(&reg->grace_periods, 1, PC_RELAXED);
+    if (mb == PC_MB_EXPEDITED_RSEQ && pc_rseq_live()) {
+        /* Aborts every rseq critical section running in this process and
+         * fences every running thread; preempted ones abort on resume. */
+        if (pc_membarrier(PC_MB_PRIVATE_EXPEDITED_RSEQ, 0) != 0) pc_fence(PC_SEQ_CST);
+    } else if (mb != PC_MB_NONE) {
+        if (pc_membarrier(PC_MB_PRIVATE_EXPEDITED, 0) != 0) pc_fence(PC_SEQ_CST);
+    } else {
+        pc_fence(PC_SEQ_CST);
+    }
+    /* Fallback sections (no rseq, or a thread on a slow path): wait for any
+     * section that was open when the mode changed. A section that opens
+     * later sees the new mode, by the fence pairing above. */
+    hw = pc_load_i32(&reg->high_water, PC_ACQUIRE);
+    for (i = 0; i < hw; i++) {
+        pc_thread_rec *rec = &reg->recs[i];
+        uint64_t s = pc_load_u64(&rec->seq, PC_ACQUIRE);
+        if (!(s & 1)) continue;
+        for (spins = 0; pc_load_u64(&rec->seq, PC_ACQUIRE) == s; spins++) {
+            if (spins < 64) pc_cpu_relax();
+            else sched_yield();
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The native thread team                                                    */
+
+typedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done);
+
+typedef struct {
+    int nthreads;
+    int pin;               /* pin thread i to the i-th allowed CPU, round-robin */
+    int64_t ops;           /* operations per thread */
+    pc_kernel_fn fn;
+    void *arg;
+    /* results */
+    int64_t wall_ns;       /* barrier release to last finish */
+    int64_t *done;         /* per-thread completed ops (nthreads entries) */
+    int64_t *thread_ns;    /* per-thread busy time (nthreads entries) */
+    /* internal */
+    int32_t ready;
+    int32_t go;
+    int64_t t0;
+} pc_team;
+
+typedef struct {
+    pc_team *team;
+    int tid;
+    int cpu;               /* -1: not pinned */
+    int64_t end_ns;
+} pc_team_member;
+
+static void *pc_team_main(void *p) {
+    pc_team_member *m = (pc_team_member *)p;
+    pc_team *t = m->team;
+    int spins = 0;
+    int64_t start;
+    if (m->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(m->cpu, &set);
+        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    }
+    /* Release/acquire on ready/go: the controller sees every member started,
+     * and members see the controller's t0 and the setup before it. */
+    pc_fetch_add_i32(&t->ready, 1, PC_RELEASE);
+    while (!pc_load_i32(&t->go, PC_ACQUIRE)) {
+        /* More threads than CPUs: spinning would starve the others. */
+        if (++spins < 1000) pc_cpu_relax();
+        else sched_yield();
+    }
+    start = pc_now_ns();
+    t->fn(t->arg, m->tid, t->ops, &t->done[m->tid]);
+    m->end_ns = pc_now_ns();
+    if (t->thread_ns) t->thread_ns[m->tid] = m->end_ns - start;
+    return NULL;
+}
+
+/* Runs fn on nthreads native threads, released together. Returns 0 or an
+ * errno value; on error no kernel has run. Call without the GIL. */
+static int pc_team_run(pc_team *t) {
+    pthread_t *th;
+    pc_team_member *mem;
+    int i, err = 0, started = 0, spins = 0;
+    int64_t last = 0;
+    int allowed[1024], nallowed = 0;
+    if (t->nthreads <= 0 || t->ops < 0 || !t->fn || !t->done) return EINVAL;
+    th = (pthread_t *)calloc((size_t)t->nthreads, sizeof *th);
+    mem = (pc_team_member *)calloc((size_t)t->nthreads, sizeof *mem);
+    if (!th || !mem) {
+        free(th);
+        free(mem);
+        return ENOMEM;
+    }
+    if (t->pin) {
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0)
+            for (i = 0; i < CPU_SETSIZE && nallowed < 1024; i++)
+                if (CPU_ISSET(i, &set)) allowed[nallowed++] = i;
+    }
+    pc_store_i32(&t->ready, 0, PC_RELAXED);
+    pc_store_i32(&t->go, 0, PC_RELAXED);
+    for (i = 0; i < t->nthreads; i++) {
+        t->done[i] = 0;
+        mem[i].team = t;
+        mem[i].tid = i;
+        mem[i].cpu = nallowed ? allowed[i % nallowed] : -1;
+        err = pthread_create(&th[i], NULL, pc_team_main, &mem[i]);
+        if (err) break;
+        started++;
+    }
+    if (err) {
+        /* Release the ones that started with nothing to do. */
+        t->ops = 0;
+    }
+    while (pc_load_i32(&t->ready, PC_ACQUIRE) < started) {
+        if (++spins < 1000) pc_cpu_relax();
+        else sched_yield();
+    }
+    t->t0 = pc_now_ns();
+    pc_store_i32(&t->go, 1, PC_RELEASE);
+    for (i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        if (mem[i].end_ns > last) last = mem[i].end_ns;
+    }
+    t->wall_ns = err ? 0 : last - t->t0;
+    free(th);
+    free(mem);
+    return err;
+}
+
+#endif /* PERCPU_H */

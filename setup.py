@@ -1,0 +1,60 @@
+"""The Extension list: pyx/<name>.pyx -> percpu._<name>.
+
+PERCPU_DEBUG=1 builds with bounds checks on and -O0 -g; PERCPU_SANITIZE=address,undefined
+(or thread) adds the sanitizers.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+MODULES = ["core", "alloc", "counters", "refs", "workloads"]
+DEBUG = os.environ.get("PERCPU_DEBUG", "") not in ("", "0")
+SANITIZE = os.environ.get("PERCPU_SANITIZE", "")
+
+cflags = ["-O0", "-g"] if DEBUG else ["-O2"]
+ldflags = []
+if SANITIZE:
+    cflags += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
+    ldflags += [f"-fsanitize={SANITIZE}"]
+
+directives = {"boundscheck": DEBUG, "wraparound": DEBUG, "initializedcheck": DEBUG}
+
+
+class build_py_with_header(build_py):
+    """Ships pyx/include/percpu.h inside the package for users who cimport."""
+
+    def run(self):
+        super().run()
+        dest = Path(self.build_lib) / "percpu" / "include"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HERE / "pyx" / "include" / "percpu.h", dest / "percpu.h")
+
+
+extensions = [
+    Extension(
+        f"percpu._{name}",
+        [f"pyx/{name}.pyx"],
+        include_dirs=["pyx/include", numpy.get_include()],
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in MODULES
+    if (HERE / "pyx" / f"{name}.pyx").exists()
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["src", "pyx/include"],
+        compiler_directives=directives,
+        nthreads=int(os.environ.get("PERCPU_BUILD_JOBS", "0")) or None,
+    ),
+    cmdclass={"build_py": build_py_with_header},
+)

@@ -1,0 +1,100 @@
+# Declarations of pyx/include/percpu.h (shipped as percpu/include/percpu.h).
+# Cython code: `from percpu.cpercpu cimport pc_current_cpu, pc_percpu_add, ...`
+# and compile with include_dirs=[percpu.get_include()].
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_Import
+
+cdef extern from "percpu.h" nogil:
+    int PC_CACHELINE
+    int PC_RELAXED
+    int PC_ACQUIRE
+    int PC_RELEASE
+    int PC_ACQ_REL
+    int PC_SEQ_CST
+    int PC_MAX_THREADS
+    int PC_HAVE_RSEQ_ASM
+    int PC_CPU_RSEQ
+    int PC_CPU_GETCPU
+    int PC_CPU_THREAD
+    int PC_MB_NONE
+    int PC_MB_EXPEDITED
+    int PC_MB_EXPEDITED_RSEQ
+    int PC_MB_QUERY
+    int PC_MB_PRIVATE_EXPEDITED
+    int PC_MB_REGISTER_PRIVATE_EXPEDITED
+    int PC_MB_PRIVATE_EXPEDITED_RSEQ
+    int PC_MB_REGISTER_PRIVATE_EXPEDITED_RSEQ
+
+    bint PC_LIKELY(bint x)
+    bint PC_UNLIKELY(bint x)
+    size_t pc_round_up(size_t n, size_t align)
+    void pc_cpu_relax()
+
+    int32_t pc_load_i32(const int32_t *p, int mo)
+    void pc_store_i32(int32_t *p, int32_t v, int mo)
+    int32_t pc_exchange_i32(int32_t *p, int32_t v, int mo)
+    bint pc_cas_i32(int32_t *p, int32_t *expected, int32_t desired, int mo_ok, int mo_fail)
+    int32_t pc_fetch_add_i32(int32_t *p, int32_t v, int mo)
+    int32_t pc_add_fetch_i32(int32_t *p, int32_t v, int mo)
+    int64_t pc_load_i64(const int64_t *p, int mo)
+    void pc_store_i64(int64_t *p, int64_t v, int mo)
+    int64_t pc_exchange_i64(int64_t *p, int64_t v, int mo)
+    bint pc_cas_i64(int64_t *p, int64_t *expected, int64_t desired, int mo_ok, int mo_fail)
+    int64_t pc_fetch_add_i64(int64_t *p, int64_t v, int mo)
+    int64_t pc_add_fetch_i64(int64_t *p, int64_t v, int mo)
+    uint64_t pc_load_u64(const uint64_t *p, int mo)
+    void pc_store_u64(uint64_t *p, uint64_t v, int mo)
+    uint64_t pc_fetch_add_u64(uint64_t *p, uint64_t v, int mo)
+    void *pc_load_ptr(void * const *p, int mo)
+    void pc_store_ptr(void **p, void *v, int mo)
+    void *pc_exchange_ptr(void **p, void *v, int mo)
+    bint pc_cas_ptr(void **p, void **expected, void *desired, int mo_ok, int mo_fail)
+    void pc_fence(int mo)
+    void pc_compiler_barrier()
+
+    int64_t pc_now_ns()
+    int pc_nr_cpus()
+    int pc_cpu_source()
+    const char *pc_cpu_source_name()
+    int pc_current_cpu()
+    bint pc_rseq_live()
+    int pc_rseq_add_i64(char *base, size_t stride, int64_t v)
+    int pc_rseq_add_if_i64(const int32_t *mode, char *base, size_t stride, int64_t v)
+    void pc_percpu_add(char *base, size_t stride, int64_t v)
+    int64_t pc_percpu_sum(const char *base, size_t stride)
+    long pc_membarrier(int cmd, unsigned flags)
+
+    ctypedef struct pc_thread_rec:
+        uint64_t seq
+        int32_t index
+        int32_t in_use
+
+    ctypedef struct pc_registry:
+        int32_t high_water
+        int32_t live
+        int32_t membarrier
+        int32_t grace_periods
+        pc_thread_rec recs[1]
+
+    pc_thread_rec *pc_thread_record(pc_registry *reg)
+    void pc_section_enter(pc_registry *reg, pc_thread_rec *rec)
+    void pc_section_exit(pc_thread_rec *rec)
+    void pc_synchronize(pc_registry *reg)
+
+    ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
+    ctypedef struct pc_team:
+        int nthreads
+        int pin
+        int64_t ops
+        pc_kernel_fn fn
+        void *arg
+        int64_t wall_ns
+        int64_t *done
+        int64_t *thread_ns
+    int pc_team_run(pc_team *t)
+
+
+cdef inline pc_registry *pc_registry_import() except NULL:
+    """The process-wide thread registry owned by percpu._core (call with the GIL,
+    e.g. at module import, and keep the pointer)."""
+    return <pc_registry *>PyCapsule_Import(b"percpu._core._registry", 0)
