@@ -7,6 +7,17 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu.counters import (
+    COUNTERS,
+    ApproxCounter,
+    AtomicCounter,
+    Counter,
+    LockedCounter,
+    PerCPUCounter,
+    PerThreadCounter,
+    RacyCounter,
+    StripedCounter,
+)
 
 __version__ = "0.1.0"
 
@@ -21,4 +32,19 @@ def get_include() -> str:
     return _os.path.normpath(_os.path.join(here, "..", "..", "pyx", "include"))
 
 
-__all__ = ["__version__", "current_cpu", "features", "get_include", "nr_cpus"]
+__all__ = [
+    "COUNTERS",
+    "ApproxCounter",
+    "AtomicCounter",
+    "Counter",
+    "LockedCounter",
+    "PerCPUCounter",
+    "PerThreadCounter",
+    "RacyCounter",
+    "StripedCounter",
+    "__version__",
+    "current_cpu",
+    "features",
+    "get_include",
+    "nr_cpus",
+]
