@@ -1,0 +1,379 @@
+"""percpu.pycounter: the ``pycounter`` workload, counting from Python.
+
+P Python threads each do K increments through a counter's public Python API
+on one shared counter: every percpu strategy (``percpu.COUNTERS``) and the
+thread-safe counters Python users pick today, the *peers*, each under its
+name prefixed ``peer:`` (``peer:itertools.count``, ``peer:lock+int``,
+``peer:cereggii``, ``peer:ft_utils``, ``peer:atomicx``, ``peer:fastcounter``,
+``peer:atomics``). A peer that cannot be imported here is listed with the
+reason (``not installed``, ...) and skipped, never an error.
+
+Each thread runs the idiom a user writes (``c.inc()``, ``next(c)``,
+``with lock: n += 1``; with ``inplace=1``, ``c += 1`` where the counter has
+it), the time is taken from the release of a ``threading.Barrier`` to the
+last thread's finish, and the final count is checked against ``P * K``: lost
+updates are reported (``lost_updates``, ``exact``), not hidden.
+
+Importing this module registers the workload into
+``percpu.workloads.WORKLOADS`` when the harness is there, so that
+``python -m percpu.bench run --workloads pycounter`` runs it.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from percpu.counters import COUNTERS
+
+__all__ = [
+    "PEERS",
+    "PEER_PREFIX",
+    "WORKLOAD",
+    "Peer",
+    "available_strategies",
+    "kernel",
+    "main",
+    "peer_status",
+    "register",
+    "run",
+    "strategies",
+    "unavailable_strategies",
+]
+
+WORKLOAD = "pycounter"
+PEER_PREFIX = "peer:"
+#: As many threads as the thread registry of percpu holds.
+MAX_THREADS = 1024
+
+Loop = Callable[[Any, int], None]
+
+
+# The thread loops. Each is the idiom a user writes, spelled out once per
+# idiom, so that every counter pays for the same interpreter work around its
+# own call: a local variable, a for loop over range, one statement.
+
+def _loop_inc(c: Any, k: int) -> None:
+    for _ in range(k):
+        c.inc()
+
+
+def _loop_iadd(c: Any, k: int) -> None:
+    for _ in range(k):
+        c += 1
+
+
+def _loop_next(c: Any, k: int) -> None:
+    for _ in range(k):
+        next(c)
+
+
+def _loop_increment(c: Any, k: int) -> None:
+    for _ in range(k):
+        c.increment()
+
+
+def _loop_increment_and_get(c: Any, k: int) -> None:
+    for _ in range(k):
+        c.increment_and_get()
+
+
+def _loop_incr(c: Any, k: int) -> None:
+    for _ in range(k):
+        c.incr()
+
+
+class LockedInt:
+    """An int behind a ``threading.Lock``: the textbook thread-safe counter."""
+
+    __slots__ = ("lock", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value = 0
+
+
+def _loop_locked(box: LockedInt, k: int) -> None:
+    lock = box.lock
+    for _ in range(k):
+        with lock:
+            box.value += 1
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A counter from outside percpu, as a user would drive it.
+
+    ``module`` is imported to find out whether the peer is here; ``make``
+    builds a counter from the module, ``read`` returns its count after the
+    run. ``method`` is the increment idiom, ``inplace`` the ``+=`` one (None
+    when the counter has none: it then runs ``method`` for ``inplace=1``).
+    """
+
+    name: str
+    module: str
+    make: Callable[[Any], Any]
+    read: Callable[[Any], int]
+    method: tuple[str, Loop]
+    inplace: tuple[str, Loop] | None = None
+    needs: str = ""
+
+
+def _read_count(c: Any) -> int:
+    # next() after the run returns the number of next() calls before it.
+    return int(next(c))
+
+
+def _make_atomics(m: Any) -> Any:
+    return m.atomic(width=8, atype=m.INT)
+
+
+PEERS: dict[str, Peer] = {
+    p.name: p
+    for p in (
+        Peer("itertools.count", "itertools", lambda m: m.count(), _read_count,
+             ("next(c)", _loop_next)),
+        Peer("lock+int", "threading", lambda m: LockedInt(), lambda b: int(b.value),
+             ("with lock: n += 1", _loop_locked)),
+        Peer("cereggii", "cereggii", lambda m: m.AtomicInt64(), lambda c: int(c.get()),
+             ("c.increment_and_get()", _loop_increment_and_get), ("c += 1", _loop_iadd)),
+        Peer("ft_utils", "ft_utils.concurrency", lambda m: m.AtomicInt64(),
+             lambda c: int(c.get()), ("c.incr()", _loop_incr), ("c += 1", _loop_iadd),
+             needs="Python 3.13+"),
+        Peer("atomicx", "atomicx", lambda m: m.AtomicInt(), lambda c: int(c.load()),
+             ("c.inc()", _loop_inc), ("c += 1", _loop_iadd)),
+        Peer("fastcounter", "fastcounter", lambda m: m.FastWriteCounter(),
+             lambda c: int(c.value), ("c.increment()", _loop_increment)),
+        Peer("atomics", "atomics", _make_atomics, lambda c: int(c.load()),
+             ("c.inc()", _loop_inc)),
+    )
+}
+
+_status: dict[str, str | None] = {}
+_modules: dict[str, Any] = {}
+
+
+def _probe(peer: Peer) -> str | None:
+    try:
+        module = importlib.import_module(peer.module)
+        # A module that imports but cannot build a counter (a wheel for
+        # another Python, a missing C library) is as unusable as a missing one.
+        peer.make(module)
+    except ModuleNotFoundError as exc:
+        top = peer.module.partition(".")[0]
+        if exc.name is not None and exc.name.partition(".")[0] == top:
+            return f"not installed; needs {peer.needs}" if peer.needs else "not installed"
+        return f"cannot import: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # any failure of a third-party import means "skip"
+        return f"cannot use: {type(exc).__name__}: {exc}"
+    _modules[peer.name] = module
+    return None
+
+
+def peer_status() -> dict[str, str | None]:
+    """Each peer's name -> ``None`` when it runs here, else why not.
+
+    Each peer is probed (imported, one counter built) once per process.
+    """
+    for name, peer in PEERS.items():
+        if name not in _status:
+            _status[name] = _probe(peer)
+    return {name: _status[name] for name in PEERS}
+
+
+def strategies() -> tuple[str, ...]:
+    """Every strategy of the workload: percpu's counters, then every peer."""
+    return tuple(COUNTERS) + tuple(PEER_PREFIX + name for name in PEERS)
+
+
+def available_strategies() -> tuple[str, ...]:
+    """The strategies that can run here."""
+    status = peer_status()
+    return tuple(COUNTERS) + tuple(PEER_PREFIX + n for n, why in status.items() if why is None)
+
+
+def unavailable_strategies() -> dict[str, str]:
+    """Strategy -> why it cannot run here (the peers that are not installed)."""
+    return {PEER_PREFIX + n: why for n, why in peer_status().items() if why is not None}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prepare(strategy: str, inplace: bool) -> tuple[Any, Loop, Callable[[Any], int], str]:
+    cls = COUNTERS.get(strategy)
+    if cls is not None:
+        if inplace:
+            return cls(), _loop_iadd, lambda c: c.value(), "c += 1"
+        return cls(), _loop_inc, lambda c: c.value(), "c.inc()"
+    name = strategy[len(PEER_PREFIX):] if strategy.startswith(PEER_PREFIX) else None
+    peer = PEERS.get(name) if name is not None else None
+    if peer is None:
+        raise ValueError(
+            f"unknown strategy {strategy!r} for workload {WORKLOAD!r}; "
+            f"valid: {', '.join(strategies())}"
+        )
+    why = peer_status()[peer.name]
+    if why is not None:
+        raise ValueError(f"strategy {strategy!r} cannot run here: {why}")
+    idiom, loop = peer.inplace if inplace and peer.inplace is not None else peer.method
+    return peer.make(_modules[peer.name]), loop, peer.read, idiom
+
+
+def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> dict[str, Any]:
+    """Run ``threads`` Python threads doing ``ops`` increments each on one
+    shared counter of ``strategy``.
+
+    Returns ``seconds`` (barrier release to the last thread's finish),
+    ``ops`` (increments asked for, all threads), ``threads``, ``expected``,
+    ``observed`` (the counter's final count), ``lost_updates`` (expected -
+    observed), ``exact`` (bool), ``ns_per_increment`` (seconds / ops) and
+    ``idiom`` (the statement each thread ran).
+
+    Raises ``TypeError`` for a threads or ops that is not an int,
+    ``ValueError`` for an unknown or unavailable strategy, ``threads``
+    outside 1..1024 or ``ops < 0``.
+    """
+    if not _is_int(threads):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    if not _is_int(ops):
+        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
+    if not 0 < threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, not {ops}")
+    counter, loop, read, idiom = _prepare(strategy, bool(inplace))
+
+    started: list[float] = []
+    ends = [0.0] * threads
+    errors: list[BaseException] = []
+
+    def release() -> None:
+        # Runs in the last thread to arrive, before any thread is let go.
+        started.append(time.perf_counter())
+
+    barrier = threading.Barrier(threads, action=release)
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            loop(counter, ops)
+            ends[i] = time.perf_counter()
+        except BaseException as exc:  # surfaced in the caller's thread below
+            errors.append(exc)
+            barrier.abort()
+
+    team = [threading.Thread(target=worker, args=(i,), name=f"pycounter-{i}")
+            for i in range(threads)]
+    for t in team:
+        t.start()
+    for t in team:
+        t.join()
+    if errors:
+        raise RuntimeError(f"pycounter/{strategy}: a thread failed: {errors[0]!r}") from errors[0]
+    seconds = max(ends) - started[0]
+    expected = threads * ops
+    observed = read(counter)
+    total = expected
+    return {
+        "seconds": seconds,
+        "ops": total,
+        "threads": threads,
+        "strategy": strategy,
+        "expected": expected,
+        "observed": observed,
+        "lost_updates": expected - observed,
+        "exact": observed == expected,
+        "ns_per_increment": seconds * 1e9 / total if total else 0.0,
+        "idiom": idiom,
+    }
+
+
+def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
+    """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``)."""
+    result = run(strategy, threads, ops, inplace=bool(params.get("inplace", 0)))
+    result.pop("strategy")
+    result["kernel"] = "python"
+    return result
+
+
+def register() -> bool:
+    """Register (or refresh) the ``pycounter`` workload in
+    ``percpu.workloads.WORKLOADS``; False when the harness is not there."""
+    try:
+        workloads = importlib.import_module("percpu.workloads")
+    except ModuleNotFoundError as exc:
+        if exc.name != "percpu.workloads":
+            raise
+        return False
+    workload_cls = getattr(workloads, "Workload", None)
+    add = getattr(workloads, "register", None)
+    if workload_cls is None or add is None:
+        # percpu.workloads is still being imported and has not defined its
+        # registry yet; it imports this module again once it has.
+        return False
+    add(
+        workload_cls(
+            WORKLOAD,
+            "P Python threads doing K increments each through the public Python "
+            "API on one shared counter (inplace=1: c += 1), percpu's counters and "
+            "the peers that are installed",
+            available_strategies(),
+            {"inplace": 0},
+            minimums={"inplace": 0},
+            unavailable=unavailable_strategies(),
+            kernel=kernel,
+            baseline="peer:itertools.count",
+        ),
+        replace=True,
+    )
+    return True
+
+
+def _table(threads: list[int], ops: int, repeat: int) -> list[tuple[str, str, int, float, int]]:
+    rows = []
+    for inplace in (False, True):
+        for strategy in available_strategies():
+            for n in threads:
+                best = None
+                for _ in range(repeat):
+                    r = run(strategy, n, ops, inplace=inplace)
+                    if best is None or r["ns_per_increment"] < best["ns_per_increment"]:
+                        best = r
+                assert best is not None
+                rows.append((strategy, best["idiom"], n, best["ns_per_increment"],
+                             best["lost_updates"]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]``: a quick
+    table of ns per increment (best of REPEAT runs) and lost updates."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        threads = [int(t) for t in (args[0] if args else "1,2").split(",") if t]
+        ops = int(args[1]) if len(args) > 1 else 200_000
+        repeat = int(args[2]) if len(args) > 2 else 5
+    except ValueError:
+        print("usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]", file=sys.stderr)
+        return 2
+    print(f"# {sys.implementation.name} {sys.version.split()[0]}, {ops} increments per thread, "
+          f"best of {repeat}; ns per increment (all threads)")
+    for strategy, why in unavailable_strategies().items():
+        print(f"# skipped {strategy}: {why}")
+    print(f"{'strategy':24} {'idiom':24} {'threads':>7} {'ns/inc':>8} {'lost':>6}")
+    for strategy, idiom, n, ns, lost in _table(threads, ops, repeat):
+        print(f"{strategy:24} {idiom:24} {n:>7} {ns:>8.1f} {lost:>6}")
+    return 0
+
+
+register()
+
+if __name__ == "__main__":
+    sys.exit(main())
