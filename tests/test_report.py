@@ -111,12 +111,15 @@ def make_suite(
     seed: int = 0,
     shared_noise: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    per_run_figures: bool = False,
 ) -> pyperf.BenchmarkSuite:
     """A percpu.bench-like suite: one benchmark per (workload, strategy, threads).
 
     scale multiplies the time of (workload, strategy) points (above 1: slower);
     drop removes metadata keys; shared_noise gives every point the same relative
-    noise pattern, so points with equal times have identical samples.
+    noise pattern, so points with equal times have identical samples;
+    per_run_figures makes each run (worker process) report its own workload
+    figures, run r giving (r + 1) times the table's, as separate pyperf workers do.
     """
     import random
 
@@ -151,10 +154,15 @@ def make_suite(
                 for key in dropped:
                     md.pop(key, None)
                 runs = []
-                for _ in range(nruns):
+                for r in range(nruns):
                     values = [base_ns * 1e-9 * (1 + rng.gauss(0, noise)) for _ in range(nvalues)]
+                    run_md = dict(md)
+                    if per_run_figures:
+                        for key, value in _extras(workload, strategy, index, t, loops * nvalues * t).items():
+                            if key in run_md and key != "percpu_exact":
+                                run_md[key] = value * (r + 1)
                     runs.append(pyperf.Run(values, warmups=[(loops, base_ns * 1.3e-9)],
-                                           metadata=md, collect_metadata=False))
+                                           metadata=run_md, collect_metadata=False))
                 benchmarks.append(pyperf.Benchmark(runs))
     return pyperf.BenchmarkSuite(benchmarks)
 
@@ -306,10 +314,28 @@ def test_unregister_latency_and_memory_findings(tmp_path: Path) -> None:
     assert _one(findings, "`dst` bytes per route entry") == "`dst` bytes per route entry: 64 (`atomic`) to 96 (`bigref`)."
 
 
+def test_figures_that_differ_between_runs_are_merged(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    make_suite(workloads=("netdev", "stat"), per_run_figures=True, nruns=3).dump(str(path))
+    loaded = load_results([path])[0]
+    netdev = loaded.get("netdev", "bigref", 4)
+    assert netdev is not None
+    # runs report 1x, 2x and 3x the table's figures
+    assert netdev.number("percpu_unregister_latency_mean_us") == pytest.approx(80.0 * 2)
+    assert netdev.number("percpu_unregister_latency_max_us") == pytest.approx(80.0 * 3.1 * 3)
+    assert netdev.number("percpu_unregisters") == 40 * 6
+    racy = loaded.get("stat", "racy", 2)
+    assert racy is not None and racy.exact is False
+    assert racy.number("percpu_lost_updates") == max(
+        r.get_metadata()["percpu_lost_updates"] for r in pyperf.BenchmarkSuite.load(str(path))
+        .get_benchmark("stat/racy/t2").get_runs()
+    )
+
+
 def test_missing_extras_skip_their_plots_cleanly(results_file: Callable[..., Path], tmp_path: Path) -> None:
     extras = ("percpu_bytes_per_object", "percpu_bytes_per_entry", "percpu_unregister_latency_mean_us",
               "percpu_unregister_latency_max_us")
-    path = results_file(drop=extras)
+    path = results_file(workloads=("stat", "netdev", "dst"), threads=(1, 2), drop=extras)
     written = {p.name for p in write_report([path], tmp_path / "out")}
     assert "bytes_per_object.png" not in written and "netdev_unregister_latency.png" not in written
     assert "throughput_netdev.png" in written
@@ -330,8 +356,9 @@ def test_a_workload_without_its_baseline_has_no_speedup_plot(results_file: Calla
 
 
 def test_two_files_are_compared_side_by_side(results_file: Callable[..., Path], tmp_path: Path) -> None:
-    before = results_file("before/results.json", shared_noise=True)
-    after = results_file("after/results.json", shared_noise=True, scale={("stat", "percpu"): 0.5})
+    before = results_file("before/results.json", workloads=("stat", "netdev"), shared_noise=True)
+    after = results_file("after/results.json", workloads=("stat", "netdev"), shared_noise=True,
+                         scale={("stat", "percpu"): 0.5})
     out = tmp_path / "cmp"
     proc = run_cli(str(before), str(after), "-o", str(out))
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,15 @@ from percpu.report import formatting as fmt
 from percpu.report import plots, stats
 from percpu.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from percpu.report.findings import compute_findings, significant
-from percpu.report.loading import Point, ResultFile, baseline_for, load_results, order_strategies, order_workloads
+from percpu.report.loading import (
+    Point,
+    ResultFile,
+    baseline_for,
+    load_results,
+    order_strategies,
+    order_workloads,
+    strategy_rank,
+)
 
 #: Lists what the last run wrote, so a new run removes plots that no longer apply.
 MANIFEST = ".percpu-report-files"
@@ -124,7 +132,7 @@ def _points_table(file: ResultFile, workload: str) -> Table:
 def _latency_table(files: Sequence[ResultFile]) -> Table | None:
     rows = []
     for f in files:
-        for p in sorted(f.of("netdev"), key=lambda p: (order_strategies([p.strategy]), p.threads)):
+        for p in sorted(f.of("netdev"), key=lambda p: (strategy_rank(p.strategy), p.threads)):
             mean_us = p.number("percpu_unregister_latency_mean_us")
             if mean_us is None:
                 continue
@@ -214,7 +222,7 @@ def _comparison(files: Sequence[ResultFile]) -> list[Block]:
     for other in files[1:]:
         rows = []
         for workload in order_workloads(p.workload for p in other.points):
-            for p in sorted(other.of(workload), key=lambda p: (order_strategies([p.strategy]), p.threads)):
+            for p in sorted(other.of(workload), key=lambda p: (strategy_rank(p.strategy), p.threads)):
                 ref = reference.get(workload, p.strategy, p.threads)
                 if ref is None:
                     continue

@@ -123,7 +123,7 @@ class ResultFile:
 
 WORKLOAD_ORDER = ("stat", "netdev", "dst", "packet", "pycounter")
 STRATEGY_ORDER = (
-    "atomic", "locked", "percpu", "perthread", "approx", "striped", "racy", "bigref",
+    "atomic", "bigref", "locked", "percpu", "perthread", "approx", "striped", "racy",
     "atomic+atomic", "bigref+atomic", "atomic+percpu", "bigref+percpu",
     "percpu+atomic", "percpu+percpu",
 )
@@ -136,22 +136,56 @@ def order_workloads(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=key)
 
 
-def order_strategies(names: Iterable[str]) -> list[str]:
-    def key(name: str) -> tuple[int, int, str]:
-        # The baseline first, the library's own strategies next, peers last.
-        peer = name.startswith("peer:")
-        known = STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER)
-        return (int(peer), known, name)
+def strategy_rank(name: str) -> tuple[int, int, str]:
+    """Sort key: the baseline first, the library's own strategies next, peers last."""
+    peer = name.startswith("peer:")
+    known = STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER)
+    return (int(peer), known, name)
 
-    return sorted(set(names), key=key)
+
+def order_strategies(names: Iterable[str]) -> list[str]:
+    return sorted(set(names), key=strategy_rank)
 
 
 _REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int}
+
+#: How a workload figure that differs between pyperf runs (one per worker
+#: process) becomes one figure for the point; anything else is averaged.
+_SUMMED = {"percpu_unregisters", "percpu_churns", "percpu_churn_failures"}
+_WORST_HIGH = {"percpu_lost_updates"}
+_WORST_LOW = {"percpu_exact"}
+
+
+def _merge_run_figures(bench: Any, metadata: dict[str, Any]) -> None:
+    """Bring back percpu_* figures that pyperf left out of the common metadata.
+
+    pyperf keeps on a benchmark only the metadata every run agrees on; a figure
+    each worker measured for itself (a latency, a lost-update count) differs
+    from run to run and would otherwise vanish from the report.
+    """
+    per_key: dict[str, list[float]] = {}
+    for run in bench.get_runs():
+        if not run.values:  # calibration runs measure nothing
+            continue
+        for key, value in run.get_metadata().items():
+            if key.startswith("percpu_") and key not in metadata:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    per_key.setdefault(key, []).append(value)
+    for key, values in per_key.items():
+        if key in _SUMMED:
+            metadata[key] = sum(values)
+        elif key in _WORST_HIGH or "_max_" in key:
+            metadata[key] = max(values)
+        elif key in _WORST_LOW:
+            metadata[key] = min(values)
+        else:
+            metadata[key] = stats.mean(values)
 
 
 def _point_from(path: Path, label: str, bench: Any) -> Point:
     name = bench.get_name() or "<unnamed>"
     metadata = dict(bench.get_metadata())
+    _merge_run_figures(bench, metadata)
     if "percpu_workload" not in metadata:
         raise ReportError(
             path, f"benchmark {name!r} has no percpu_workload metadata: not written by percpu.bench"

@@ -135,8 +135,12 @@ def plot_throughput(files: Sequence[ResultFile], workload: str, colors: Strategy
         threads += xs
     _thread_axis(ax, threads, _nr_cpus(files))
     _value_axis(ax, plotted)
+    from matplotlib.ticker import EngFormatter
+
+    # 25 M rather than 2.5 with a "1e7" offset in the corner.
+    ax.yaxis.set_major_formatter(EngFormatter())
     ax.set_ylabel("throughput (ops/s, all threads together)")
-    ax.set_title(f"{workload}: throughput vs threads (higher is better; bars: +-1 std)")
+    ax.set_title(f"{workload}: throughput vs threads (higher is better; bars: ±1 std)")
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _save(fig, path)
