@@ -375,6 +375,15 @@ def test_two_files_are_compared_side_by_side(results_file: Callable[..., Path], 
     assert "before: percpu" in page or "before" in page
 
 
+def test_file_labels_are_short_and_unique(tmp_path: Path) -> None:
+    from percpu.report.loading import unique_labels
+
+    assert unique_labels([Path("x/before/results.json"), Path("y/after/results.json.gz")]) == ["before", "after"]
+    assert unique_labels([Path("a.json"), Path("b.json")]) == ["a", "b"]
+    assert unique_labels([Path("a/results.json"), Path("a/results.json")]) == ["results#1", "results#2"]
+    assert unique_labels([Path("r/x/res.json"), Path("s/x/res.json")]) == ["r", "s"]
+
+
 # --- bad input ----------------------------------------------------------------------
 
 

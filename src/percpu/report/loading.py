@@ -255,7 +255,8 @@ def load_file(path: str | Path, label: str | None = None) -> ResultFile:
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:
     """Short names for the files: the file stem, widened by parent folders until unique."""
-    parts = [list(p.resolve().with_suffix("").parts) for p in paths]
+    # Without the root: a label never starts with "/".
+    parts = [list(p.resolve().with_suffix("").parts[1:]) for p in paths]
     # "results.json.gz" -> "results"
     parts = [[*ps[:-1], re.sub(r"\.json$", "", ps[-1])] for ps in parts]
     depth = 1
@@ -265,7 +266,8 @@ def unique_labels(paths: Sequence[Path]) -> list[str]:
             break
         depth += 1
     if len(set(labels)) != len(labels):
-        return [f"{label}#{i + 1}" for i, label in enumerate(labels)]
+        # The same file given twice: number the copies.
+        return [f"{ps[-1]}#{i + 1}" for i, ps in enumerate(parts)]
     # before/results and after/results: the shared file name says nothing.
     split = [label.split("/") for label in labels]
     while all(len(s) > 1 for s in split) and len({s[-1] for s in split}) == 1:
