@@ -372,7 +372,7 @@ def test_two_files_are_compared_side_by_side(results_file: Callable[..., Path], 
     assert len(findings) == 1 and "3 significantly faster" in findings[0]
     assert png_size(out / "throughput_stat.png") == PLOT_SIZE_PX
     page = (out / "index.html").read_text()
-    assert "before: percpu" in page or "before" in page
+    assert 'href="throughput_stat.png"' in page and "one line per (file, strategy)" in page
 
 
 def test_file_labels_are_short_and_unique(tmp_path: Path) -> None:
@@ -435,6 +435,21 @@ def test_a_failed_run_leaves_an_earlier_report_alone(results_file: Callable[...,
     proc = run_cli(str(tmp_path / "nonexistent.json"), "-o", str(out))
     assert proc.returncode == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_failure_while_drawing_leaves_nothing(
+    results_file: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from percpu.report import plots
+
+    def broken(*args: object) -> bool:
+        raise RuntimeError("the report needs matplotlib")
+
+    monkeypatch.setattr(plots, "plot_latency", broken)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError):
+        write_report([results_file(workloads=("netdev",), threads=(1, 2))], out)
+    assert not out.exists()
 
 
 def test_rerun_replaces_its_own_files_and_keeps_others(results_file: Callable[..., Path], tmp_path: Path) -> None:

@@ -349,8 +349,10 @@ def write_report(
     out = Path(out)
     if title is None:
         title = "percpu benchmark report" + (": " + " vs ".join(f.label for f in files) if len(files) > 1 else "")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".percpu-report-", dir=out))
+    done = False
     try:
         names = render(files, tmp, title)
         stale = _previous(out) - set(names)
@@ -363,6 +365,11 @@ def write_report(
                 (out / name).unlink()
             except FileNotFoundError:
                 pass
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done:
+            # A folder made for a report that failed (matplotlib missing, a
+            # full disk) goes too: no empty or partial report is left behind.
+            shutil.rmtree(out, ignore_errors=True)
     return [out / n for n in names]
