@@ -1094,6 +1094,36 @@ def _bench_alloc(pool, int threads, long long ops, size_t size=8) -> dict:
     return r
 
 
+def _audit(PerCPUPool pool) -> dict:
+    """Test helper: recounts the bitmaps under the lock. Returns ``objects``
+    and ``used_granules`` as the bitmaps say, ``free_granules`` as the blocks'
+    counters say, and ``consistent``: the bitmaps, the blocks' and the pool's
+    counters agree and every start bit marks a used granule."""
+    cdef pc_pool *p = pool.c
+    cdef int64_t b, objects = 0, used = 0, free_counted = 0
+    cdef size_t g
+    cdef bint ok = True
+    cdef pc_block *blk
+    with nogil:
+        pthread_mutex_lock(&p.lock)
+        for b in range(p.nblocks):
+            blk = &p.blocks[b]
+            for g in range(p.granules):
+                if pc_bit_test(blk.used, g):
+                    used += 1
+                elif pc_bit_test(blk.start, g):
+                    ok = False
+                if pc_bit_test(blk.start, g):
+                    objects += 1
+            free_counted += blk.free_granules
+        ok = (ok and objects == p.objects and used == p.used_granules
+              and free_counted == p.free_granules
+              and used + free_counted == p.nblocks * <int64_t>p.granules)
+        pthread_mutex_unlock(&p.lock)
+    return {"objects": objects, "used_granules": used, "free_granules": free_counted,
+            "consistent": bool(ok)}
+
+
 def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
     """Test helper: two int64 per-CPU counters packed in one 16-byte object,
     bumped by pc_percpu_add (rseq or its fallback) from native threads.
