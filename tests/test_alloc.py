@@ -488,8 +488,11 @@ def test_bad_handles_and_cpus(pool: Pool) -> None:
         with pytest.raises(ValueError):
             pool.size(bad)
     if isinstance(pool, PerCPUPool):
-        with pytest.raises(ValueError):
-            pool.free(h + 8)  # inside an object, not its start
+        for inside in (h + 1, h + 7, h + 8):  # inside an object, not its start
+            with pytest.raises(ValueError):
+                pool.free(inside)
+            with pytest.raises(ValueError):
+                pool.view(inside)
     for bad_type in (1.0, "1", None):
         with pytest.raises(TypeError):
             pool.free(bad_type)  # type: ignore[arg-type]
