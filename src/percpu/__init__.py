@@ -7,6 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu.alloc import NaivePool, PerCPUPool
 from percpu.counters import (
     COUNTERS,
     ApproxCounter,
@@ -38,6 +39,8 @@ __all__ = [
     "AtomicCounter",
     "Counter",
     "LockedCounter",
+    "NaivePool",
+    "PerCPUPool",
     "PerCPUCounter",
     "PerThreadCounter",
     "RacyCounter",
