@@ -202,6 +202,7 @@ BAD = [
     (["run", "-o", "/nonexistent-dir/x/out.json"], "cannot write /nonexistent-dir/x/out.json"),
     (["run", "--append", "/nonexistent-dir/out.json"], "cannot write"),
     (["run", "--force"], "--force needs -o FILE"),
+    (["run", "--compare-to", sys.executable, "-o", "x.json"], "cannot be combined with -o"),
     (["frobnicate"], "unknown command 'frobnicate'"),
 ]
 

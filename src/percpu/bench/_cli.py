@@ -159,6 +159,8 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
         if not args.worker:
             if mine.force and not mine.output:
                 raise UsageError("--force needs -o FILE")
+            if args.compare_to and (mine.output or mine.append):
+                raise UsageError("--compare-to keeps no results: it cannot be combined with -o or --append")
             if mine.output:
                 outputs.append(Output(mine.output, "force" if mine.force else "new"))
             if mine.append:
