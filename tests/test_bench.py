@@ -17,6 +17,8 @@ import pytest
 import percpu
 from percpu import bench, workloads
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "benchmarks"
 SRC = Path(percpu.__file__).resolve().parent.parent

@@ -27,6 +27,8 @@ from percpu.report import ReportError, compute_findings, load_file, load_results
 from percpu.report import stats
 from percpu.report.plots import PLOT_SIZE_PX
 
+pytestmark = pytest.mark.slow
+
 # ns per op as seen by one thread, at 1, 2 and 4 threads (pycounter: 1 and 2).
 TIMES_NS: dict[str, dict[str, tuple[float, ...]]] = {
     "stat": {
