@@ -7,6 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,14 @@ def get_include() -> str:
     return _os.path.normpath(_os.path.join(here, "..", "..", "pyx", "include"))
 
 
-__all__ = ["__version__", "current_cpu", "features", "get_include", "nr_cpus"]
+__all__ = [
+    "__version__",
+    "current_cpu",
+    "features",
+    "get_include",
+    "nr_cpus",
+    "REFS",
+    "AtomicRef",
+    "BigRef",
+    "PercpuRef",
+]
