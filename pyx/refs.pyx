@@ -540,6 +540,8 @@ cdef class _Ref:
         cdef int64_t deadline = 0, now, nap = 10000
         cdef timespec ts
         if timeout is not None:
+            if not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
             t = float(timeout)
             if t != t:
                 raise ValueError("timeout must be a number, not NaN")
