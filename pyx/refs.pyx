@@ -167,6 +167,10 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
     cdef int committed = 1 if op >= PCREF_OP_TRYGET else 0
     cdef int i, rc
     cdef pc_thread_rec *rec
+    # Relaxed: a hint only; a stale per-CPU reading is settled by the
+    # section below, a stale shared one by the bias.
+    if pc_load_i32(&r.mode, PC_RELAXED) != PCREF_MODE_PERCPU:
+        return _shared_op(r, op)
     if pc_rseq_live():
         for i in range(_RSEQ_RETRIES):
             rc = pc_rseq_add_if_i64(&r.mode, r.base, r.stride, v)
