@@ -7,6 +7,17 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu.counters import (
+    COUNTERS,
+    ApproxCounter,
+    AtomicCounter,
+    Counter,
+    LockedCounter,
+    PerCPUCounter,
+    PerThreadCounter,
+    RacyCounter,
+    StripedCounter,
+)
 from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
 
 __version__ = "0.1.0"
@@ -23,13 +34,22 @@ def get_include() -> str:
 
 
 __all__ = [
+    "COUNTERS",
+    "ApproxCounter",
+    "AtomicCounter",
+    "Counter",
+    "LockedCounter",
+    "PerCPUCounter",
+    "PerThreadCounter",
+    "RacyCounter",
+    "StripedCounter",
+    "REFS",
+    "AtomicRef",
+    "BigRef",
+    "PercpuRef",
     "__version__",
     "current_cpu",
     "features",
     "get_include",
     "nr_cpus",
-    "REFS",
-    "AtomicRef",
-    "BigRef",
-    "PercpuRef",
 ]

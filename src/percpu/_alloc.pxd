@@ -1,0 +1,110 @@
+# The per-CPU allocator's C API (module percpu._alloc, source pyx/alloc.pyx).
+#
+# Cython code: `from percpu._alloc cimport PerCPUPool, pc_pool, pcpool_alloc, ...`.
+# These functions are reached through Cython's cross-module C-API (a call
+# through a pointer), so they belong on alloc/free paths; a fast path keeps
+# `base = pcpool_ptr(p, h, 0)` and `stride = pcpool_stride(p)` and indexes
+# `base + cpu * stride` itself (e.g. `pc_percpu_add(base, stride, v)`).
+#
+# Handles are int64 >= 0: (block << log2(unit_size)) | offset | tail, where
+# offset is the object's byte offset inside its unit (a multiple of the 8-byte
+# granule) and tail (the low 3 bits) is how far the requested size falls short
+# of a whole granule, so that the exact size is known without a size table.
+# A freed handle's position may be handed out again, like a pointer.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+
+
+cdef struct pc_block:
+    char *base              # unit_size * nr_cpus bytes; CPU c's unit at base + c * unit_size
+    uint64_t *used          # one bit per granule of a unit: allocated
+    uint64_t *start         # one bit per granule: first granule of an object
+    uint32_t free_granules  # clear bits in used
+
+
+cdef struct pc_pool:
+    pthread_mutex_t lock    # guards everything below except the immutable geometry
+    # geometry, fixed at creation
+    size_t unit_size        # power of two, >= PC_CACHELINE
+    int unit_shift          # log2(unit_size)
+    int nr_cpus
+    size_t granules         # granules per unit
+    size_t map_words        # uint64 words per bitmap
+    bint mapped             # blocks come from mmap (else posix_memalign)
+    # blocks: the array is replaced, never reallocated in place, when it fills,
+    # and old copies are kept until the pool dies, so that pcpool_ptr can read
+    # a block's base without the lock
+    pc_block *blocks
+    int64_t nblocks
+    int64_t cap
+    void *retired[64]
+    int nretired
+    int64_t hint            # no block below it has a free granule
+    int64_t pending         # blocks being created for the reserve, outside the lock
+    int64_t reserve_granules
+    # statistics, in granules per unit or counts
+    int64_t free_granules
+    int64_t used_granules
+    int64_t objects
+    int64_t allocs
+    int64_t frees
+    int64_t atomic_allocs
+    int64_t atomic_failures
+    int64_t grows
+
+
+cdef struct pc_naive:
+    pthread_mutex_t lock
+    int nr_cpus
+    size_t max_size
+    char ***objs            # objs[h]: the object's nr_cpus copies (NULL: free slot);
+                            # replaced like pc_pool.blocks, for lockless naive_ptr
+    uint32_t *sizes         # requested size per slot
+    int64_t *free_slots     # stack of freed slots
+    int64_t nfree
+    int64_t top             # slots [0, top) have been handed out
+    int64_t cap
+    void *retired[64]
+    int nretired
+    int64_t objects
+    int64_t allocs
+    int64_t frees
+    int64_t atomic_allocs
+    int64_t bytes_used
+    int64_t bytes_reserved
+
+
+cdef class PerCPUPool:
+    cdef pc_pool *c         # the C pool; valid for the life of the object
+
+
+cdef class NaivePool:
+    cdef pc_naive *c
+
+
+# nogil C API on the PerCPUPool's C struct (thread-safe):
+cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) noexcept nogil
+    # handle >= 0 on success; -1 out of memory (or atomic reserve empty); -2 bad size/align
+cdef int pcpool_free(pc_pool *p, int64_t handle) noexcept nogil
+    # 0 ok; -2 unknown or already freed handle
+cdef char *pcpool_ptr(pc_pool *p, int64_t handle, int cpu) noexcept nogil
+    # per_cpu_ptr: base + cpu * unit_size + offset; unchecked (handle and cpu must be valid)
+cdef size_t pcpool_stride(pc_pool *p) noexcept nogil
+    # unit_size: distance in bytes between CPU c's and CPU c+1's copy of any object
+cdef PerCPUPool default_pool()
+    # the process-wide pool that counters and references allocate from (created on first use)
+
+# Additions beyond the contract:
+cdef int pcpool_refill(pc_pool *p) noexcept nogil
+    # grows the pool until the atomic reserve is full; 0 ok, -1 out of memory
+cdef int64_t pcpool_object_size(pc_pool *p, int64_t handle) noexcept nogil
+    # the size the live object was allocated with; -2 unknown or freed handle
+
+# The baseline's nogil API (same return codes):
+cdef int64_t naive_alloc(pc_naive *p, size_t size, size_t align, bint atomic) noexcept nogil
+cdef int naive_free(pc_naive *p, int64_t handle) noexcept nogil
+cdef char *naive_ptr(pc_naive *p, int64_t handle, int cpu) noexcept nogil
+cdef int64_t naive_object_size(pc_naive *p, int64_t handle) noexcept nogil

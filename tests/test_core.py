@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import percpu
+from percpu import _core
+
+from .conftest import run_python
+
+
+def test_features_keys_and_types() -> None:
+    f = percpu.features()
+    assert set(f) >= {"rseq", "membarrier", "cacheline", "nr_cpus", "cpu_source"}
+    assert isinstance(f["rseq"], bool)
+    assert f["membarrier"] in (None, "expedited", "rseq")
+    assert f["cacheline"] in (64, 128)
+    assert f["nr_cpus"] == percpu.nr_cpus() >= 1
+    assert f["cpu_source"] in ("rseq", "getcpu", "thread")
+    # rseq fast paths need the rseq cpu source.
+    assert not f["rseq"] or f["cpu_source"] == "rseq"
+
+
+def test_current_cpu_in_range_from_many_threads() -> None:
+    seen: list[int] = []
+
+    def probe() -> None:
+        for _ in range(200):
+            seen.append(percpu.current_cpu())
+
+    threads = [threading.Thread(target=probe) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 1600
+    assert all(0 <= c < percpu.nr_cpus() for c in seen)
+
+
+def test_nr_cpus_covers_possible_cpus() -> None:
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    highest = max(int(part.split("-")[-1]) for part in text.split(","))
+    assert percpu.nr_cpus() >= highest + 1
+
+
+def test_no_rseq_env_forces_fallback() -> None:
+    out = run_python(
+        "import percpu; f = percpu.features(); print(f['rseq'], f['cpu_source'], percpu.current_cpu())",
+        {"PERCPU_NO_RSEQ": "1"},
+    )
+    rseq, source, cpu = out.split()
+    assert rseq == "False"
+    assert source in ("getcpu", "thread")
+    assert 0 <= int(cpu) < percpu.nr_cpus()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4, 8])
+def test_team_runs_every_thread_to_completion(threads: int) -> None:
+    r = _core.team_selftest(threads, 100_000, pin=threads % 2 == 0)
+    assert r["done"] == [100_000] * threads
+    assert r["cells"] == [100_000] * threads
+    assert r["wall_ns"] > 0
+
+
+def test_team_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        _core.team_selftest(0, 10)
+    with pytest.raises(ValueError):
+        _core.team_selftest(2, -1)
+
+
+def test_synchronize_counts_grace_periods() -> None:
+    before = _core.registry_stats()["grace_periods"]
+    _core.synchronize()
+    _core.synchronize()
+    assert _core.registry_stats()["grace_periods"] == before + 2
+
+
+def test_get_include_has_header() -> None:
+    import os
+
+    assert os.path.exists(os.path.join(percpu.get_include(), "percpu.h"))
