@@ -13,9 +13,8 @@ from libc.string cimport memset
 from posix.time cimport clock_gettime, nanosleep, timespec
 
 from percpu.cpercpu cimport *
-# SHIM: until percpu._alloc is on main (then: cimport these and PerCPUPool,
-# default_pool from percpu._alloc, and delete _ShimPool below).
-from percpu._alloc_shim cimport pc_pool, pcpool_alloc, pcpool_free, pcpool_ptr, pcpool_stride
+from percpu._alloc cimport (PerCPUPool, default_pool, pc_pool, pcpool_alloc, pcpool_free,
+                            pcpool_ptr, pcpool_stride)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -29,28 +28,9 @@ cdef enum:
     _RSEQ_RETRIES = 4
 
 
-# ---------------------------------------------------------------------------
-# SHIM: stands in for percpu._alloc's PerCPUPool / default_pool().
-
-cdef class _ShimPool:
-    """Stand-in for percpu.PerCPUPool until the allocator is available."""
-    cdef pc_pool pool
-    cdef pc_pool *c
-
-    def __cinit__(self):
-        self.pool.stride = PC_CACHELINE
-        self.c = &self.pool
-
-
-cdef _ShimPool _the_default_pool = _ShimPool()
-
-
-cdef _ShimPool default_pool():
-    return _the_default_pool
-
-
-PerCPUPool = _ShimPool
-# ---------------------------------------------------------------------------
+# The pool that references without a pool of their own allocate from; kept
+# here so that nogil callers of ref_init need not touch a Python object.
+cdef PerCPUPool _the_default_pool = default_pool()
 
 
 # State word and switch lock
@@ -419,9 +399,11 @@ cdef int ref_destroy(pc_ref *r) noexcept nogil:
     cdef int rc = 0
     # Off the per-CPU mode first, so a stray fast path cannot reach freed slots.
     pc_store_i32(&r.mode, PCREF_MODE_DEAD, PC_RELAXED)
-    if r.handle != 0 and r.pool != NULL:
+    # Handle 0 is a valid handle: the pool pointer says whether there are slots.
+    if r.pool != NULL:
         rc = pcpool_free(r.pool, r.handle)
-    r.handle = 0
+    r.pool = NULL
+    r.handle = -1
     r.base = NULL
     return rc
 
@@ -460,7 +442,7 @@ cdef int _setup(_Ref self, int kind, object on_release, object pool) except -1:
             pool = default_pool()
         elif not isinstance(pool, PerCPUPool):
             raise TypeError(f"pool must be a PerCPUPool, not {type(pool).__name__}")
-        p = (<_ShimPool>pool).c
+        p = (<PerCPUPool>pool).c
     if on_release is not None:
         release = _py_release
     rc = ref_init(&self.c, kind, p, False, release, <void *>self)

@@ -18,6 +18,7 @@ import pytest
 import percpu
 from percpu import REFS, AtomicRef, BigRef, PercpuRef
 from percpu import _refs
+from percpu._alloc import PerCPUPool
 
 KINDS = sorted(REFS)
 NO_RSEQ = os.environ.get("PERCPU_NO_RSEQ", "") not in ("", "0")
@@ -72,6 +73,21 @@ def test_bad_pool_is_type_error() -> None:
         PercpuRef(pool="pool")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         AtomicRef(pool=None)  # type: ignore[call-arg]
+
+
+def test_slots_come_from_the_given_pool() -> None:
+    pool = PerCPUPool()
+    base = pool.stats()["objects"]
+    refs: list[BigRef | PercpuRef] = [BigRef(pool=pool), PercpuRef(pool=pool)]
+    assert pool.stats()["objects"] == base + 2
+    for r in refs:
+        r.get()
+        r.kill()
+        assert r.value() == 1
+        assert r.put() is True
+    del r
+    refs.clear()
+    assert pool.stats()["objects"] == base
 
 
 def test_starts_with_one_reference(kind: str) -> None:

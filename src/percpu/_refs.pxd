@@ -37,8 +37,7 @@
 from libc.stdint cimport int32_t, int64_t
 
 from percpu.cpercpu cimport *
-# SHIM: until percpu._alloc is on main (then: from percpu._alloc cimport pc_pool)
-from percpu._alloc_shim cimport pc_pool
+from percpu._alloc cimport pc_pool
 
 cdef extern from *:
     # Large enough that no run of shared puts can cancel it, small enough that
@@ -88,7 +87,7 @@ cdef struct pc_ref:
     void *ctx
     pc_registry *reg
     pc_pool *pool
-    int64_t handle          # the slots' handle in pool (0: none)
+    int64_t handle          # the slots' handle in pool (valid while pool != NULL)
 
 
 # ---------------------------------------------------------------------------

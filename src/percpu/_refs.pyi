@@ -1,9 +1,6 @@
 from typing import Any, Callable
 
-# SHIM: the allocator's PerCPUPool until percpu._alloc is available.
-class _ShimPool: ...
-
-PerCPUPool = _ShimPool
+from percpu._alloc import PerCPUPool
 
 class _Ref:
     def get(self) -> None: ...
