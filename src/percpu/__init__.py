@@ -19,6 +19,7 @@ from percpu.counters import (
     RacyCounter,
     StripedCounter,
 )
+from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,10 @@ __all__ = [
     "PerThreadCounter",
     "RacyCounter",
     "StripedCounter",
+    "REFS",
+    "AtomicRef",
+    "BigRef",
+    "PercpuRef",
     "__version__",
     "current_cpu",
     "features",
