@@ -13,6 +13,8 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
+from collections.abc import Mapping
+
 from percpu.cpercpu cimport *
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
@@ -89,8 +91,8 @@ cdef dict _params(params, dict defaults, dict minimums):
     """Defaults filled in; unknown keys and bad values refused."""
     if params is None:
         params = {}
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict, not {type(params).__name__}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; "
