@@ -89,12 +89,16 @@ def test_sweep_covers_every_workload_and_strategy(
     assert proc.returncode == 0, proc.stderr
     benches = load(out)
     expected = {f"{w}/{s}/t2" for w, s in ALL}
-    assert set(benches) == expected and len(expected) == 22
+    # The 22 native points, plus pycounter's (how many depends on the peers installed).
+    n = len(expected)
+    assert n == 22 + len(workloads.WORKLOADS["pycounter"].strategies)
+    assert set(benches) == expected
     for w, s in ALL:
         check_point(benches[f"{w}/{s}/t2"], w, s, 2)
     # Progress: point i of n on stderr, and a closing line.
-    assert "[1/22] stat/atomic/t2" in proc.stderr and "[22/22] packet/percpu+percpu/t2" in proc.stderr
-    assert "done: 22 points" in proc.stderr
+    assert f"[1/{n}] stat/atomic/t2" in proc.stderr
+    assert f"[{n}/{n}] {ALL[-1][0]}/{ALL[-1][1]}/t2" in proc.stderr
+    assert f"done: {n} points" in proc.stderr
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -312,6 +316,9 @@ def test_sigkill_leaves_the_previous_file_intact(tmp_path: Path) -> None:
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
+        # Strategies that cannot run here (peers not installed) are noted first.
+        while line.startswith("percpu.bench: skipped "):
+            line = proc.stderr.readline()
         assert "[1/" in line, line
         time.sleep(0.3)
         proc.kill()
@@ -333,7 +340,7 @@ def test_plan_and_defaults() -> None:
     assert bench.default_threads(8) == [1, 2, 4, 8, 16]
     assert bench.PRESETS["quick"].threads() == [1, 2, 4]
     points = bench.plan(None, None, [4, 1, 2, 2])
-    assert len(points) == 66
+    assert len(points) == 3 * len(ALL)
     assert [p.name for p in points[:3]] == ["stat/atomic/t1", "stat/atomic/t2", "stat/atomic/t4"]
     points = bench.plan(["packet", "netdev"], ["percpu", "bigref+percpu"], [2],
                         {"work": 0, "netdev.unregister_every": 5})

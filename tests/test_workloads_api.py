@@ -51,7 +51,9 @@ def fake_kernels() -> Iterator[list[tuple[Any, ...]]]:
 
 
 def test_registry_matches_the_contract() -> None:
-    assert list(WORKLOADS) == list(EXPECTED)
+    # pycounter (percpu.pycounter) registers itself; its strategies depend
+    # on the peers installed and are tested in test_pycounter.py.
+    assert list(WORKLOADS) == [*EXPECTED, "pycounter"]
     for name, (strategies, params) in EXPECTED.items():
         w = WORKLOADS[name]
         assert w.name == name and w.description

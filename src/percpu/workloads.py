@@ -300,3 +300,8 @@ def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict
         params=merged,
     )
     return result
+
+
+# Workloads that live in their own modules register themselves on import
+# (through register() above, which must exist first).
+from percpu import pycounter as _pycounter  # noqa: E402,F401
