@@ -142,7 +142,7 @@ PEERS: dict[str, Peer] = {
              ("c.increment_and_get()", _loop_increment_and_get), ("c += 1", _loop_iadd)),
         Peer("ft_utils", "ft_utils.concurrency", lambda m: m.AtomicInt64(),
              lambda c: int(c.get()), ("c.incr()", _loop_incr), ("c += 1", _loop_iadd),
-             needs="Python 3.13+"),
+             needs="Python 3.12+"),
         Peer("atomicx", "atomicx", lambda m: m.AtomicInt(), lambda c: int(c.load()),
              ("c.inc()", _loop_inc), ("c += 1", _loop_iadd)),
         Peer("fastcounter", "fastcounter", lambda m: m.FastWriteCounter(),
