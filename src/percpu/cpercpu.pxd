@@ -80,6 +80,7 @@ cdef extern from "percpu.h" nogil:
     void pc_section_enter(pc_registry *reg, pc_thread_rec *rec)
     void pc_section_exit(pc_thread_rec *rec)
     void pc_synchronize(pc_registry *reg)
+    bint pc_refs_rseq(const pc_registry *reg)
 
     ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
     ctypedef struct pc_team:
