@@ -659,33 +659,23 @@ cdef int _kind_of(str kind) except -1:
 
 cdef int _run_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg, int64_t *wall_ns,
                    int64_t *total) except -1:
-    cdef pc_team team
-    cdef int err, i
-    cdef int64_t *done
-    if threads <= 0:
-        raise ValueError(f"threads must be > 0, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
-    done = <int64_t *>calloc(threads, sizeof(int64_t))
+    cdef int i
+    cdef int64_t wall
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
+    cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
     if done == NULL:
         raise MemoryError()
-    memset(&team, 0, sizeof(team))
-    team.nthreads = threads
-    team.ops = ops
-    team.fn = fn
-    team.arg = arg
-    team.done = done
-    with nogil:
-        err = pc_team_run(&team)
-    if total != NULL:
-        total[0] = 0
-        for i in range(threads):
-            total[0] += done[i]
-    free(done)
-    if err:
-        raise OSError(err, "percpu: cannot start the thread team")
+    try:
+        wall = pc_run_team(fn, arg, threads, ops, done)
+        if total != NULL:
+            total[0] = 0
+            for i in range(threads):
+                total[0] += done[i]
+    finally:
+        free(done)
     if wall_ns != NULL:
-        wall_ns[0] = team.wall_ns
+        wall_ns[0] = wall
     return 0
 
 
