@@ -1044,9 +1044,7 @@ cdef dict _run_team(object pool, int threads, long long ops, size_t size, pc_ker
     if ops < 0:
         raise ValueError(f"ops must be >= 0, not {ops}")
     cdef TeamArg arg
-    cdef pc_team team
     memset(&arg, 0, sizeof(arg))
-    memset(&team, 0, sizeof(team))
     if isinstance(pool, PerCPUPool):
         arg.pool = (<PerCPUPool>pool).c
         arg.nr_cpus = arg.pool.nr_cpus
@@ -1068,24 +1066,15 @@ cdef dict _run_team(object pool, int threads, long long ops, size_t size, pc_ker
     if buf == NULL:
         raise MemoryError()
     memset(buf, 0, 4 * <size_t>threads * sizeof(int64_t))
-    team.done = buf
     arg.corrupt = buf + threads
     arg.nonzero = buf + 2 * threads
     arg.failures = buf + 3 * threads
-    team.nthreads = threads
-    team.ops = ops
-    team.fn = fn
-    team.arg = &arg
-    cdef int err
-    with nogil:
-        err = pc_team_run(&team)
     try:
-        if err:
-            raise OSError(err, "percpu: cannot start the thread team")
+        wall_ns = pc_run_team(fn, &arg, threads, ops, buf)
         return {
             "threads": threads,
             "ops": ops,
-            "wall_ns": team.wall_ns,
+            "wall_ns": wall_ns,
             "done": [buf[i] for i in range(threads)],
             "corrupt": sum([arg.corrupt[i] for i in range(threads)]),
             "nonzero": sum([arg.nonzero[i] for i in range(threads)]),

@@ -123,34 +123,18 @@ cdef void _selftest_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexc
 def team_selftest(int threads, long long ops, bint pin=False) -> dict:
     """Run the native team with a trivial kernel (each thread counts to ``ops`` in
     its own padded cell). Returns ``wall_ns``, ``done`` (per thread) and ``cells``."""
-    if threads <= 0:
-        raise ValueError(f"threads must be > 0, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
-    cdef pc_team team
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
     cdef SelfTestArg arg
     cdef int stride = PC_CACHELINE // 8
     cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
     arg.cells = <int64_t *>calloc(threads * stride, sizeof(int64_t))
-    if done == NULL or arg.cells == NULL:
-        free(done)
-        free(arg.cells)
-        raise MemoryError()
-    memset(&team, 0, sizeof(team))
-    team.nthreads = threads
-    team.pin = pin
-    team.ops = ops
-    team.fn = _selftest_kernel
-    team.arg = &arg
-    team.done = done
-    cdef int err
-    with nogil:
-        err = pc_team_run(&team)
     try:
-        if err:
-            raise OSError(err, "percpu: cannot start the thread team")
+        if done == NULL or arg.cells == NULL:
+            raise MemoryError()
+        wall_ns = pc_run_team(_selftest_kernel, &arg, threads, ops, done, pin)
         return {
-            "wall_ns": team.wall_ns,
+            "wall_ns": wall_ns,
             "done": [done[i] for i in range(threads)],
             "cells": [arg.cells[i * stride] for i in range(threads)],
         }

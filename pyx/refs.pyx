@@ -147,11 +147,13 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
     cdef int committed = 1 if op >= PCREF_OP_TRYGET else 0
     cdef int i, rc
     cdef pc_thread_rec *rec
-    # Relaxed: a hint only; a stale per-CPU reading is settled by the
-    # section below, a stale shared one by the bias.
-    if pc_load_i32(&r.mode, PC_RELAXED) != PCREF_MODE_PERCPU:
+    # Acquire pairs with _enter_percpu's release store: a thread that saw
+    # the per-CPU mode also sees the bias, so a shared put it hands on can
+    # never reach zero (free on x86 and ARMv8). A stale per-CPU reading is
+    # settled by the section below, a stale shared one by the bias.
+    if pc_load_i32(&r.mode, PC_ACQUIRE) != PCREF_MODE_PERCPU:
         return _shared_op(r, op)
-    if pc_rseq_live():
+    if pc_refs_rseq(r.reg):
         for i in range(_RSEQ_RETRIES):
             rc = pc_rseq_add_if_i64(&r.mode, r.base, r.stride, v)
             if rc == 0:
@@ -167,10 +169,10 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
     rec = pc_thread_record(r.reg)
     if rec != NULL:
         pc_section_enter(r.reg, rec)
-        # Relaxed: pc_section_enter orders this load after the section is
-        # published (fence, or the switcher's membarrier), so a switch either
-        # waits for this section or is seen by this load.
-        if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_PERCPU:
+        # pc_section_enter orders this load after the section is published
+        # (fence, or the switcher's membarrier), so a switch either waits
+        # for this section or is seen by this load; acquire as above.
+        if pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
             # Atomic: without rseq several threads may share a CPU's slot
             # (stale cpu ids, per-thread fallback ids). Relaxed: the slots
             # only feed the fold, which reads them after the grace period;
@@ -191,8 +193,8 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
 cdef inline void _enter_percpu(pc_ref *r) noexcept nogil:
     # The bias goes in before any thread can see the per-CPU mode: from the
     # first slot add on, no shared put can reach zero. Relaxed add, then a
-    # release store of the mode, which the fast paths read (x86 loads are
-    # acquire; pcref_slow's section load is ordered by the section).
+    # release store of the mode, which pcref_slow reads with acquire (the
+    # rseq sections' plain load is acquire on x86, the only rseq target).
     pc_fetch_add_i64(&r.count, PCREF_BIAS, PC_RELAXED)
     pc_store_i32(&r.mode, PCREF_MODE_PERCPU, PC_RELEASE)
 
@@ -657,33 +659,23 @@ cdef int _kind_of(str kind) except -1:
 
 cdef int _run_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg, int64_t *wall_ns,
                    int64_t *total) except -1:
-    cdef pc_team team
-    cdef int err, i
-    cdef int64_t *done
-    if threads <= 0:
-        raise ValueError(f"threads must be > 0, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
-    done = <int64_t *>calloc(threads, sizeof(int64_t))
+    cdef int i
+    cdef int64_t wall
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
+    cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
     if done == NULL:
         raise MemoryError()
-    memset(&team, 0, sizeof(team))
-    team.nthreads = threads
-    team.ops = ops
-    team.fn = fn
-    team.arg = arg
-    team.done = done
-    with nogil:
-        err = pc_team_run(&team)
-    if total != NULL:
-        total[0] = 0
-        for i in range(threads):
-            total[0] += done[i]
-    free(done)
-    if err:
-        raise OSError(err, "percpu: cannot start the thread team")
+    try:
+        wall = pc_run_team(fn, arg, threads, ops, done)
+        if total != NULL:
+            total[0] = 0
+            for i in range(threads):
+                total[0] += done[i]
+    finally:
+        free(done)
     if wall_ns != NULL:
-        wall_ns[0] = team.wall_ns
+        wall_ns[0] = wall
     return 0
 
 
@@ -754,6 +746,14 @@ cdef void _stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcep
     pc_fetch_add_i64(&a.refused, refused, PC_RELAXED)
     pc_fetch_add_i64(&a.bad, bad, PC_RELAXED)
     done[0] = ops
+
+
+def fast_path() -> str:
+    """How the per-CPU references' gets and puts run here: ``"rseq"`` (rseq
+    critical sections, aborted by membarrier(PRIVATE_EXPEDITED_RSEQ) at a
+    mode switch) or ``"sections"`` (read-side sections the grace period waits
+    for: no rseq, or a kernel without the RSEQ membarrier)."""
+    return "rseq" if pc_refs_rseq(_registry) else "sections"
 
 
 def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_callback=None) -> dict:

@@ -110,19 +110,7 @@ cdef dict _params(params, dict defaults, dict minimums):
 cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
                        int64_t *done) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
-    cdef pc_team team
-    cdef int err
-    memset(&team, 0, sizeof(team))
-    team.nthreads = threads
-    team.ops = ops
-    team.fn = fn
-    team.arg = arg
-    team.done = done
-    with nogil:
-        err = pc_team_run(&team)
-    if err:
-        raise OSError(err, "percpu: cannot start the thread team")
-    return team.wall_ns
+    return pc_run_team(fn, arg, threads, ops, done)
 
 
 cdef dict _result(int64_t wall_ns, int64_t total, int threads):

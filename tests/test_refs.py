@@ -20,6 +20,8 @@ from percpu import REFS, AtomicRef, BigRef, PercpuRef
 from percpu import _refs
 from percpu._alloc import PerCPUPool
 
+from .conftest import run_python
+
 KINDS = sorted(REFS)
 NO_RSEQ = os.environ.get("PERCPU_NO_RSEQ", "") not in ("", "0")
 Ref = AtomicRef | BigRef | PercpuRef
@@ -482,3 +484,61 @@ def test_threads_fallback_is_in_force() -> None:
     # Selected by "-k threads" in the subprocess: proves the run above used
     # the fallback path.
     assert percpu.features()["rseq"] is False
+
+
+SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/syscall.h>
+/* A kernel with rseq but without MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
+ * (4.18-5.9): the RSEQ commands fail with EINVAL. */
+long syscall(long n, ...) {
+    static long (*real)(long, ...);
+    va_list ap;
+    long a[6];
+    int i;
+    va_start(ap, n);
+    for (i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (n == __NR_membarrier && (a[0] == (1 << 8) || a[0] == (1 << 7))) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+"""
+
+
+def test_no_rseq_membarrier_means_no_rseq_refs(tmp_path: Path) -> None:
+    """With rseq but no RSEQ membarrier the grace period cannot abort a
+    critical section, so references must use read-side sections (counters
+    keep rseq) and stay exact."""
+    import shutil
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.fail("a C compiler is needed to build the membarrier shim")
+    src = tmp_path / "shim.c"
+    src.write_text(SHIM_C)
+    lib = tmp_path / "shim.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-O1", str(src), "-o", str(lib), "-ldl"], check=True)
+    if _refs.fast_path() != "rseq":
+        pytest.skip(f"rseq refs are not live on this machine ({percpu.features()}): nothing to take away")
+    out = run_python(
+        """
+        import percpu
+        from percpu import _refs
+        f = percpu.features()
+        assert f["rseq"] is True and f["membarrier"] == "expedited", f
+        assert _refs.fast_path() == "sections", _refs.fast_path()
+        for kind in ("bigref", "percpu"):
+            res = _refs._stress_exact(kind, 4, 20000, 3, flip_every=4)
+            assert res["bad"] == 0 and res["releases"] == 1 and res["value_killed"] == 12, res
+        print("ok")
+        """,
+        {"LD_PRELOAD": str(lib)},
+    )
+    assert out.strip() == "ok"

@@ -323,16 +323,18 @@ static inline const char *pc_cpu_source_name(void) {
  * 1 when the section was aborted (nothing written; the caller retries). */
 static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
     /* No "memory" clobber: a counter add orders nothing, and naming the
-     * slots as the asm's memory operand lets the compiler keep base, stride
-     * and the rseq offset in registers across a loop of adds. */
+     * slots as the asm's in/out memory operand ("+m": it reads and writes
+     * them, so no value the compiler knows of a slot survives the asm) lets
+     * the compiler keep base, stride and the rseq offset in registers across
+     * a loop of adds. Outputs in asm goto need GCC >= 11 or Clang >= 11. */
     __asm__ goto(PC_RSEQ_CS_BEGIN
                  "movslq %%fs:4(%[off]), %%rax\n\t"
                  "imulq %[stride], %%rax\n\t"
                  "addq %[v], (%[base], %%rax)\n\t"
                  PC_RSEQ_CS_END
-                 : /* no outputs */
+                 : "+m"(*(int64_t(*)[])(void *)base)
                  : [off] "r"(pc_rseq_offset), [stride] "r"(stride), [base] "r"(base),
-                   [v] "r"(v), "m"(*(int64_t(*)[])(void *)base)
+                   [v] "r"(v)
                  : "rax", "cc"
                  : abort);
     return 0;
@@ -589,16 +591,58 @@ static inline void pc_section_exit(pc_thread_rec *rec) {
 /* Waits until every thread is known to have left the fast paths that could
  * have read state written before this call (a mode switch): the user-space
  * synchronize_sched(). Never call it from inside a section. */
+/* Runs a registered membarrier command. Readers rely on it once it is
+ * registered (their sections use only a compiler barrier, their rseq sections
+ * expect to be aborted), so a failure cannot be replaced by a local fence:
+ * retry the transient ones (EINTR, ENOMEM from the cpumask allocation) and
+ * stop the process on anything else rather than break the guarantee. */
+static void pc_membarrier_or_die(int cmd) {
+    int tries;
+    for (tries = 0; tries < 1000; tries++) {
+        if (pc_membarrier(cmd, 0) == 0) return;
+        if (errno != EINTR && errno != ENOMEM && errno != EAGAIN) break;
+        sched_yield();
+    }
+    fprintf(stderr, "percpu: membarrier(%d) failed after registration: %s\n", cmd, strerror(errno));
+    abort();
+}
+
+/* Whether reference fast paths may run as rseq critical sections in this
+ * module: only where the grace period can abort them, i.e. with
+ * MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ registered (kernels 4.18-5.9 have
+ * rseq but not that command; plain PRIVATE_EXPEDITED only fences, and a
+ * section that read the old mode would then commit after the fold).
+ * Otherwise they use the registry's read-side sections. Counters need no
+ * such care: they never switch modes. */
+static int pc_refs_rseq_mode; /* per module: 0 undecided, 1 rseq, 2 sections */
+
+static PC_COLD int pc_refs_rseq_init(const pc_registry *reg) {
+    int m = (pc_rseq_live() &&
+             pc_load_i32(&reg->membarrier, PC_RELAXED) == PC_MB_EXPEDITED_RSEQ) ? 1 : 2;
+    /* Racing initialisers store the same value. */
+    pc_store_i32(&pc_refs_rseq_mode, m, PC_RELAXED);
+    return m;
+}
+
+static inline int pc_refs_rseq(const pc_registry *reg) {
+    int m = pc_load_i32(&pc_refs_rseq_mode, PC_RELAXED);
+    if (PC_UNLIKELY(m == 0)) m = pc_refs_rseq_init(reg);
+    return m == 1;
+}
+
 static void pc_synchronize(pc_registry *reg) {
     int i, hw, spins;
     int mb = pc_load_i32(&reg->membarrier, PC_RELAXED);
     pc_fetch_add_i32(&reg->grace_periods, 1, PC_RELAXED);
-    if (mb == PC_MB_EXPEDITED_RSEQ && pc_rseq_live()) {
+    if (mb == PC_MB_EXPEDITED_RSEQ) {
         /* Aborts every rseq critical section running in this process and
-         * fences every running thread; preempted ones abort on resume. */
-        if (pc_membarrier(PC_MB_PRIVATE_EXPEDITED_RSEQ, 0) != 0) pc_fence(PC_SEQ_CST);
+         * fences every running thread (the IPI runs smp_mb() before
+         * rseq_preempt()); preempted ones abort on resume. Used whenever it
+         * is registered, whatever this module decided about rseq: the
+         * fence also serves the read-side sections below. */
+        pc_membarrier_or_die(PC_MB_PRIVATE_EXPEDITED_RSEQ);
     } else if (mb != PC_MB_NONE) {
-        if (pc_membarrier(PC_MB_PRIVATE_EXPEDITED, 0) != 0) pc_fence(PC_SEQ_CST);
+        pc_membarrier_or_die(PC_MB_PRIVATE_EXPEDITED);
     } else {
         pc_fence(PC_SEQ_CST);
     }

@@ -164,7 +164,7 @@ cdef inline int atomicref_tryget(pc_ref *r) noexcept nogil:
 # plain add; everything else (abort, shared mode, no rseq) is pcref_slow().
 
 cdef inline int bigref_get(pc_ref *r) noexcept nogil:
-    if PC_LIKELY(pc_rseq_live()) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
+    if PC_LIKELY(pc_refs_rseq(r.reg)) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
         return 0
     return pcref_slow(r, PCREF_OP_GET)
 
@@ -172,14 +172,14 @@ cdef inline int bigref_get(pc_ref *r) noexcept nogil:
 cdef inline int bigref_put(pc_ref *r) noexcept nogil:
     # In per-CPU mode a put cannot release: the initial reference is held
     # until kill, whose fold decides.
-    if PC_LIKELY(pc_rseq_live()) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, -1) == 0):
+    if PC_LIKELY(pc_refs_rseq(r.reg)) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, -1) == 0):
         return 0
     return pcref_slow(r, PCREF_OP_PUT)
 
 
 cdef inline int bigref_tryget(pc_ref *r) noexcept nogil:
     # Per-CPU mode means live (initial reference held): tryget is a get.
-    if PC_LIKELY(pc_rseq_live()) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
+    if PC_LIKELY(pc_refs_rseq(r.reg)) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
         return 1
     return pcref_slow(r, PCREF_OP_TRYGET)
 
@@ -199,7 +199,7 @@ cdef inline int percpuref_tryget(pc_ref *r) noexcept nogil:
 cdef inline int percpuref_tryget_live(pc_ref *r) noexcept nogil:
     # kill stores PCREF_MODE_DEAD before anything else, and the section reads
     # the mode: a per-CPU commit here happened before the kill's grace period.
-    if PC_LIKELY(pc_rseq_live()) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
+    if PC_LIKELY(pc_refs_rseq(r.reg)) and PC_LIKELY(pc_rseq_add_if_i64(&r.mode, r.base, r.stride, 1) == 0):
         return 1
     return pcref_slow(r, PCREF_OP_TRYGET_LIVE)
 

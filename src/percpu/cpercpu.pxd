@@ -3,6 +3,8 @@
 # and compile with include_dirs=[percpu.get_include()].
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_Import
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 cdef extern from "percpu.h" nogil:
     int PC_CACHELINE
@@ -80,6 +82,7 @@ cdef extern from "percpu.h" nogil:
     void pc_section_enter(pc_registry *reg, pc_thread_rec *rec)
     void pc_section_exit(pc_thread_rec *rec)
     void pc_synchronize(pc_registry *reg)
+    bint pc_refs_rseq(const pc_registry *reg)
 
     ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
     ctypedef struct pc_team:
@@ -98,3 +101,36 @@ cdef inline pc_registry *pc_registry_import() except NULL:
     """The process-wide thread registry owned by percpu._core (call with the GIL,
     e.g. at module import, and keep the pointer)."""
     return <pc_registry *>PyCapsule_Import(b"percpu._core._registry", 0)
+
+
+cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
+                                int64_t *done=NULL, bint pin=False) except -1:
+    """Runs ``fn`` on ``threads`` native threads, ``ops`` each, without the GIL
+    (call it holding the GIL). ``done`` (``threads`` entries) receives each
+    thread's completed ops, or NULL. Returns the wall time in ns, from the
+    barrier's release to the last thread's finish."""
+    cdef pc_team team
+    cdef int err
+    cdef int64_t *own = NULL
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, not {ops}")
+    if done == NULL:
+        own = <int64_t *>calloc(threads, sizeof(int64_t))
+        if own == NULL:
+            raise MemoryError()
+        done = own
+    memset(&team, 0, sizeof(team))
+    team.nthreads = threads
+    team.pin = pin
+    team.ops = ops
+    team.fn = fn
+    team.arg = arg
+    team.done = done
+    with nogil:
+        err = pc_team_run(&team)
+    free(own)
+    if err:
+        raise OSError(err, "percpu: cannot start the thread team")
+    return team.wall_ns
