@@ -141,10 +141,10 @@ def test_validation_happens_before_the_kernel(fake_kernels: list[tuple[Any, ...]
     assert fake_kernels == []
 
 
-def test_provisional_kernel_without_native_module() -> None:
-    if importlib.util.find_spec("percpu._workloads") is not None:
-        pytest.skip("the native kernels are built: the provisional kernel is not in use")
-    assert run("stat", "racy", 1, 5)["kernel"] == "provisional"
+def test_every_builtin_workload_runs_its_native_kernel() -> None:
+    for name in ("stat", "netdev", "dst", "packet"):
+        strategy = workloads.WORKLOADS[name].strategies[0]
+        assert run(name, strategy, 1, 50)["kernel"] == "native"
 
 
 def test_registry_is_open() -> None:

@@ -3,14 +3,12 @@
 Each workload is a kernel parameterised by a strategy (which counter or which
 reference count it uses). ``run`` validates a request and hands it to the
 workload's kernel: ``percpu._workloads.run_<name>`` (the nogil kernels) when
-that exists, else the workload's own Python-level kernel, else a provisional
-stand-in. The registry is open: ``register`` adds a workload (for instance one
+that exists, else the workload's own Python-level kernel. The registry is open: ``register`` adds a workload (for instance one
 whose strategies depend on what is installed, listed in ``unavailable``).
 """
 from __future__ import annotations
 
 import importlib
-import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -216,44 +214,6 @@ def _native_kernel(name: str) -> Kernel | None:
     return kernel if callable(kernel) else None
 
 
-# PROVISIONAL: stands in for percpu._workloads until the real nogil kernels
-# land (it is used only while percpu._workloads.run_<name> does not exist).
-# It times the native team running _core's self-test kernel, so the harness,
-# the CLI and the JSON can be exercised end to end; its figures describe the
-# team, not any strategy, and results say so (kernel="provisional").
-_PROVISIONAL_CHUNK = 1 << 16
-
-
-def _provisional_kernel(workload: str, strategy: str, threads: int, ops: int,
-                        params: dict[str, int]) -> dict[str, Any]:
-    from percpu._core import team_selftest
-
-    # The self-test loop compiles to a constant-time add and its wall_ns
-    # leaves out the thread starts, so it is timed from here, one team start
-    # per chunk: the time then grows with ops, which pyperf's loop
-    # calibration relies on.
-    done = 0
-    counted = 0
-    remaining = ops
-    t0 = time.perf_counter()
-    while True:
-        chunk = min(remaining, _PROVISIONAL_CHUNK)
-        res = team_selftest(threads, chunk)
-        done += sum(res["done"])
-        counted += sum(res["cells"])
-        remaining -= chunk
-        if remaining <= 0:
-            break
-    seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"seconds": seconds, "ops": done, "kernel": "provisional"}
-    if workload == "stat":
-        # Each thread counts in its own cell, so nothing may be lost; the
-        # check is real (expected - observed), only trivially satisfied.
-        result["lost_updates"] = threads * ops - counted
-        result["exact"] = int(counted == threads * ops)
-    return result
-
-
 def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict[str, Any]:
     """Run workload ``name`` with ``strategy`` on ``threads`` native threads,
     ``ops`` operations per thread.
@@ -261,7 +221,7 @@ def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict
     Returns a dict with at least ``seconds`` (barrier release to the last
     thread's finish), ``ops`` (all threads), ``ops_per_sec``, ``threads``,
     ``workload``, ``strategy``, ``params`` (the parameters used, defaults
-    filled in), ``kernel`` (``native``, ``python`` or ``provisional``), plus
+    filled in), ``kernel`` (``native`` or ``python``), plus
     the workload's own figures (``unregister_latency_mean_us``,
     ``bytes_per_entry``, ``lost_updates``, ``exact``, ...).
 
@@ -274,11 +234,9 @@ def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict
     source = "native"
     if kernel is None and workload.kernel is not None:
         kernel, source = workload.kernel, "python"
-    raw: Mapping[str, Any]
-    if kernel is not None:
-        raw = kernel(strategy, threads, ops, dict(merged))
-    else:
-        raw = _provisional_kernel(workload.name, strategy, threads, ops, dict(merged))
+    if kernel is None:
+        raise RuntimeError(f"workload {workload.name!r} has no kernel: is percpu._workloads built?")
+    raw: Mapping[str, Any] = kernel(strategy, threads, ops, dict(merged))
     if not isinstance(raw, Mapping):
         raise RuntimeError(f"kernel of {workload.name!r} returned {type(raw).__name__}, not a dict")
     result: dict[str, Any] = {k: v for k, v in raw.items() if k not in _STANDARD_KEYS}
