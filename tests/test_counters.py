@@ -267,3 +267,15 @@ def test_cython_user_can_cimport(tmp_path: os.PathLike[str]) -> None:
         """
     )
     assert out.strip().splitlines()[-1] == "12346"
+
+
+@pytest.mark.parametrize("delta", [-(2**63), 2**63 - 1, -(2**40), 2**40, -33, 33])
+def test_approx_large_deltas_keep_slots_within_batch(delta: int) -> None:
+    c = percpu.ApproxCounter(batch=32)
+    c.add(-5)
+    c.add(delta)
+    c.add(7)
+    assert c.value() == ((2 + delta + 2**63) % 2**64) - 2**63  # int64 wraparound
+    assert (abs(c.per_cpu()) < c.batch).all()
+    hammer(c, 2, 10_000)
+    assert (abs(c.per_cpu()) < c.batch).all()

@@ -793,6 +793,13 @@ static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
 }
 
 static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
+    /* A delta of a batch or more goes straight to the shared count. This also
+     * keeps slot + v far from overflow below (|slot| < batch <= 2^40), where
+     * |INT64_MIN| would otherwise pass the bound check. */
+    if (PC_UNLIKELY(v >= c->batch || v <= -c->batch)) {
+        pc_approx_counter_fold(c, v);
+        return;
+    }
     if (PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_RELAXED) == PC_CPU_RSEQ)) {
         int r;
         while ((r = pc_rseq_add_bounded_i64(c->base, c->stride, v, c->batch)) == 1) {
