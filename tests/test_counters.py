@@ -272,8 +272,9 @@ def test_cython_user_can_cimport(tmp_path: os.PathLike[str]) -> None:
 @pytest.mark.parametrize("delta", [-(2**63), 2**63 - 1, -(2**40), 2**40, -33, 33])
 def test_approx_large_deltas_keep_slots_within_batch(delta: int) -> None:
     c = percpu.ApproxCounter(batch=32)
+    c.add(delta)  # onto an empty slot: INT64_MIN's negation overflows
+    assert (abs(c.per_cpu()) < c.batch).all()
     c.add(-5)
-    c.add(delta)
     c.add(7)
     assert c.value() == ((2 + delta + 2**63) % 2**64) - 2**63  # int64 wraparound
     assert (abs(c.per_cpu()) < c.batch).all()
