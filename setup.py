@@ -49,6 +49,13 @@ extensions = [
     if (HERE / "pyx" / f"{name}.pyx").exists()
 ]
 
+# cythonize looks for pyx/<name>.pxd; the module's own declarations live in
+# src/percpu/_<name>.pxd, so drop the generated C when that file is newer.
+for name in MODULES:
+    pxd, c_file = HERE / "src" / "percpu" / f"_{name}.pxd", HERE / "pyx" / f"{name}.c"
+    if pxd.exists() and c_file.exists() and pxd.stat().st_mtime > c_file.stat().st_mtime:
+        c_file.unlink()
+
 setup(
     ext_modules=cythonize(
         extensions,

@@ -113,6 +113,7 @@ cdef enum:
     MAX_UNIT = 1 << 22      # bitmaps of 64 KiB per block at most
     NAIVE_MAX = 4096
     RING = 8                # live objects per thread in _stress
+    MAPS = 5                # bitmaps per block: used, start, three of tail
 
 #: Object sizes are rounded up to this many bytes inside a unit.
 GRANULE_SIZE = GRANULE
@@ -180,16 +181,17 @@ cdef int _block_new(pc_pool *p, pc_block *blk) noexcept nogil:
         mem = NULL
     if mem == NULL:
         return -1
-    # One allocation holds both bitmaps.
-    blk.used = <uint64_t *>malloc(2 * p.map_words * sizeof(uint64_t))
+    # One allocation holds all five bitmaps.
+    blk.used = <uint64_t *>malloc(MAPS * p.map_words * sizeof(uint64_t))
     if blk.used == NULL:
         if p.mapped:
             pc_unmap(mem, nbytes)
         else:
             free(mem)
         return -1
-    memset(blk.used, 0, 2 * p.map_words * sizeof(uint64_t))
+    memset(blk.used, 0, MAPS * p.map_words * sizeof(uint64_t))
     blk.start = blk.used + p.map_words
+    blk.tail = blk.used + 2 * p.map_words
     blk.base = <char *>mem
     blk.free_granules = <uint32_t>p.granules
     return 0
@@ -227,9 +229,24 @@ cdef int _block_insert(pc_pool *p, pc_block *blk) noexcept nogil:
     return 0
 
 
-cdef int64_t _take(pc_pool *p, size_t n, size_t ag) noexcept nogil:
-    """First fit of n granules at a multiple of ag granules; call with the
-    lock held. Returns the handle without its tail bits, or -1."""
+cdef inline void _tail_store(pc_pool *p, pc_block *blk, size_t g, size_t tail) noexcept nogil:
+    cdef int k
+    for k in range(3):
+        pc_bit_fill(blk.tail + k * p.map_words, g, g + 1, <int>((tail >> k) & 1))
+
+
+cdef inline size_t _tail_load(pc_pool *p, pc_block *blk, size_t g) noexcept nogil:
+    cdef int k
+    cdef size_t tail = 0
+    for k in range(3):
+        tail |= <size_t>pc_bit_test(blk.tail + k * p.map_words, g) << k
+    return tail
+
+
+cdef int64_t _take(pc_pool *p, size_t n, size_t ag, size_t tail) noexcept nogil:
+    """First fit of n granules at a multiple of ag granules, for an object
+    tail bytes short of n granules; call with the lock held. Returns the
+    handle, or -1."""
     cdef int64_t b
     cdef size_t g, busy
     cdef size_t G = p.granules
@@ -250,6 +267,7 @@ cdef int64_t _take(pc_pool *p, size_t n, size_t ag) noexcept nogil:
             if busy == g + n:
                 pc_bit_fill(blk.used, g, g + n, 1)
                 pc_bit_fill(blk.start, g, g + 1, 1)
+                _tail_store(p, blk, g, tail)
                 blk.free_granules -= <uint32_t>n
                 p.free_granules -= <int64_t>n
                 p.used_granules += <int64_t>n
@@ -265,7 +283,7 @@ cdef inline bint _bad_request(size_t size, size_t align, size_t limit) noexcept 
 
 
 cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) noexcept nogil:
-    cdef size_t n, ag, c
+    cdef size_t n, ag, c, tail
     cdef int64_t h
     cdef bint want_refill = False
     cdef pc_block blk
@@ -274,8 +292,9 @@ cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) no
         return -2
     n = (size + GRANULE - 1) >> GRANULE_SHIFT
     ag = align >> GRANULE_SHIFT if align > GRANULE else 1
+    tail = (n << GRANULE_SHIFT) - size
     pthread_mutex_lock(&p.lock)
-    h = _take(p, n, ag)
+    h = _take(p, n, ag, tail)
     if atomic:
         if h >= 0:
             p.atomic_allocs += 1
@@ -298,7 +317,7 @@ cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) no
                 _block_drop(p, &blk)
                 return -1
             # A racing thread may have taken the new block; then go again.
-            h = _take(p, n, ag)
+            h = _take(p, n, ag, tail)
             want_refill = p.free_granules + p.pending * <int64_t>p.granules < p.reserve_granules
             pthread_mutex_unlock(&p.lock)
     if want_refill:
@@ -310,7 +329,7 @@ cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) no
     first = pcpool_ptr(p, h, 0)
     for c in range(<size_t>p.nr_cpus):
         memset(first + c * p.unit_size, 0, n << GRANULE_SHIFT)
-    return h | <int64_t>((n << GRANULE_SHIFT) - size)
+    return h
 
 
 cdef int pcpool_refill(pc_pool *p) noexcept nogil:
@@ -348,7 +367,8 @@ cdef inline pc_block *_lookup(pc_pool *p, int64_t handle) noexcept nogil:
     """The block of a live handle, or NULL; call with the lock held."""
     cdef int64_t b
     cdef size_t g
-    if handle < 0:
+    # Handles are granule offsets: anything else was never handed out.
+    if handle < 0 or (handle & (GRANULE - 1)) != 0:
         return NULL
     b = handle >> p.unit_shift
     g = <size_t>(handle & <int64_t>(p.unit_size - 1)) >> GRANULE_SHIFT
@@ -369,6 +389,7 @@ cdef int pcpool_free(pc_pool *p, int64_t handle) noexcept nogil:
     n = _object_granules(p, blk, g)
     pc_bit_fill(blk.used, g, g + n, 0)
     pc_bit_fill(blk.start, g, g + 1, 0)
+    _tail_store(p, blk, g, 0)
     blk.free_granules += <uint32_t>n
     p.free_granules += <int64_t>n
     p.used_granules -= <int64_t>n
@@ -382,15 +403,13 @@ cdef int pcpool_free(pc_pool *p, int64_t handle) noexcept nogil:
 
 cdef int64_t pcpool_object_size(pc_pool *p, int64_t handle) noexcept nogil:
     cdef pc_block *blk
-    cdef int64_t size
+    cdef int64_t size = -2
+    cdef size_t g
     pthread_mutex_lock(&p.lock)
     blk = _lookup(p, handle)
-    if blk == NULL:
-        size = -2
-    else:
-        size = <int64_t>(_object_granules(
-            p, blk, <size_t>(handle & <int64_t>(p.unit_size - 1)) >> GRANULE_SHIFT)
-            << GRANULE_SHIFT) - (handle & (GRANULE - 1))
+    if blk != NULL:
+        g = <size_t>(handle & <int64_t>(p.unit_size - 1)) >> GRANULE_SHIFT
+        size = <int64_t>((_object_granules(p, blk, g) << GRANULE_SHIFT) - _tail_load(p, blk, g))
     pthread_mutex_unlock(&p.lock)
     return size
 
@@ -402,7 +421,7 @@ cdef char *pcpool_ptr(pc_pool *p, int64_t handle, int cpu) noexcept nogil:
     cdef pc_block *blocks = <pc_block *>pc_load_ptr(<void **>&p.blocks, PC_ACQUIRE)
     return (blocks[handle >> p.unit_shift].base
             + (<size_t>cpu << p.unit_shift)
-            + (<size_t>handle & (p.unit_size - 1) & ~(<size_t>GRANULE - 1)))
+            + (<size_t>handle & (p.unit_size - 1)))
 
 
 cdef size_t pcpool_stride(pc_pool *p) noexcept nogil:
@@ -754,7 +773,7 @@ cdef class PerCPUPool:
             "bytes_free": p.free_granules * GRANULE * n,
             "reserve_bytes": p.reserve_granules * GRANULE * n,
             "metadata_bytes": <int64_t>sizeof(pc_pool) + p.cap * <int64_t>sizeof(pc_block)
-                              + p.nblocks * <int64_t>(2 * p.map_words * sizeof(uint64_t)),
+                              + p.nblocks * <int64_t>(MAPS * p.map_words * sizeof(uint64_t)),
         }
         s["bytes_per_object"] = (
             (s["bytes_reserved"] + s["metadata_bytes"]) / s["objects"] if s["objects"] else None)
@@ -1092,6 +1111,38 @@ def _bench_alloc(pool, int threads, long long ops, size_t size=8) -> dict:
     r["ns_per_pair"] = r["wall_ns"] / ops if ops else 0.0
     r["pairs_per_sec"] = threads * ops * 1e9 / r["wall_ns"] if r["wall_ns"] else 0.0
     return r
+
+
+def _audit(PerCPUPool pool) -> dict:
+    """Test helper: recounts the bitmaps under the lock. Returns ``objects``
+    and ``used_granules`` as the bitmaps say, ``free_granules`` as the blocks'
+    counters say, and ``consistent``: the bitmaps, the blocks' and the pool's
+    counters agree and every start bit marks a used granule."""
+    cdef pc_pool *p = pool.c
+    cdef int64_t b, objects = 0, used = 0, free_counted = 0
+    cdef size_t g
+    cdef bint ok = True
+    cdef pc_block *blk
+    with nogil:
+        pthread_mutex_lock(&p.lock)
+        for b in range(p.nblocks):
+            blk = &p.blocks[b]
+            for g in range(p.granules):
+                if pc_bit_test(blk.used, g):
+                    used += 1
+                elif pc_bit_test(blk.start, g):
+                    ok = False
+                if pc_bit_test(blk.start, g):
+                    objects += 1
+                elif _tail_load(p, blk, g) != 0:
+                    ok = False
+            free_counted += blk.free_granules
+        ok = (ok and objects == p.objects and used == p.used_granules
+              and free_counted == p.free_granules
+              and used + free_counted == p.nblocks * <int64_t>p.granules)
+        pthread_mutex_unlock(&p.lock)
+    return {"objects": objects, "used_granules": used, "free_granules": free_counted,
+            "consistent": bool(ok)}
 
 
 def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:

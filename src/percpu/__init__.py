@@ -7,6 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu.alloc import NaivePool, PerCPUPool
 from percpu.counters import (
     COUNTERS,
     ApproxCounter,
@@ -18,6 +19,7 @@ from percpu.counters import (
     RacyCounter,
     StripedCounter,
 )
+from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
 
 __version__ = "0.1.0"
 
@@ -38,10 +40,16 @@ __all__ = [
     "AtomicCounter",
     "Counter",
     "LockedCounter",
+    "NaivePool",
+    "PerCPUPool",
     "PerCPUCounter",
     "PerThreadCounter",
     "RacyCounter",
     "StripedCounter",
+    "REFS",
+    "AtomicRef",
+    "BigRef",
+    "PercpuRef",
     "__version__",
     "current_cpu",
     "features",

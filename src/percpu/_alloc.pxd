@@ -6,10 +6,8 @@
 # `base = pcpool_ptr(p, h, 0)` and `stride = pcpool_stride(p)` and indexes
 # `base + cpu * stride` itself (e.g. `pc_percpu_add(base, stride, v)`).
 #
-# Handles are int64 >= 0: (block << log2(unit_size)) | offset | tail, where
-# offset is the object's byte offset inside its unit (a multiple of the 8-byte
-# granule) and tail (the low 3 bits) is how far the requested size falls short
-# of a whole granule, so that the exact size is known without a size table.
+# Handles are int64 >= 0: (block << log2(unit_size)) | offset, where offset is
+# the object's byte offset inside its unit (a multiple of the 8-byte granule).
 # A freed handle's position may be handed out again, like a pointer.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
@@ -22,6 +20,8 @@ cdef struct pc_block:
     char *base              # unit_size * nr_cpus bytes; CPU c's unit at base + c * unit_size
     uint64_t *used          # one bit per granule of a unit: allocated
     uint64_t *start         # one bit per granule: first granule of an object
+    uint64_t *tail          # three bitmaps (bit k of each), at an object's first granule:
+                            # how many bytes its size falls short of whole granules
     uint32_t free_granules  # clear bits in used
 
 

@@ -1,0 +1,12 @@
+"""pyperf benchmark of the percpu `netdev` workload: one benchmark per strategy
+and thread count (`netdev/STRATEGY/tN`).
+
+    python benchmarks/bench_netdev.py -o netdev.json [--preset quick] [--strategies ...]
+        [--threads 1,2,4] [pyperf options: --fast, -p N, --affinity CPUS, ...]
+"""
+import sys
+
+from percpu.bench import script_main
+
+if __name__ == "__main__":
+    sys.exit(script_main("netdev"))

@@ -1,0 +1,1069 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""percpu._workloads: the nogil kernels of the four workloads.
+
+``run_<name>(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.
+Every kernel is specialised per strategy at compile time: the strategy is a
+fused "tag" type, and ``if Kind is Tag`` branches are resolved by Cython when
+it writes each specialisation, so the strategy's inline fast path is compiled
+into the loop and the choice costs nothing per op. The team gets one plain C
+function per specialisation, picked once per run. Slow paths (reads, churn,
+unregister) live in separate functions the loops call rarely.
+"""
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+from collections.abc import Mapping
+
+from percpu.cpercpu cimport *
+from percpu._alloc cimport PerCPUPool
+from percpu._counters cimport (
+    ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
+    RacyCounter, StripedCounter, pc_approx_counter, pc_cell, pc_locked_counter,
+    pc_percpu_counter, pc_perthread_counter, pc_striped_counter,
+    pc_atomic_counter_add, pc_racy_counter_add, pc_cell_read, pc_locked_counter_add,
+    pc_locked_counter_read, pc_percpu_counter_add, pc_percpu_counter_read,
+    pc_perthread_counter_add, pc_perthread_counter_read, pc_approx_counter_add,
+    pc_approx_counter_read, pc_striped_counter_add, pc_striped_counter_read)
+
+cdef extern from *:
+    """
+    /* The per-packet "other work" of the packet workload: a multiply-add
+     * chain whose value goes through an empty asm each round, so the compiler
+     * can neither fold the loop nor drop it. */
+    static inline uint64_t pc_wl_work(uint64_t x, int64_t units) {
+        int64_t i;
+        for (i = 0; i < units; i++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            __asm__ __volatile__("" : "+r"(x));
+        }
+        return x;
+    }
+    """
+    uint64_t pc_wl_work(uint64_t x, int64_t units) nogil
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+
+cdef inline uint64_t _xorshift(uint64_t *s) noexcept nogil:
+    # Thread-local pseudo-random stream (xorshift64): no shared state, so the
+    # choice of counter or flow adds no traffic of its own.
+    cdef uint64_t x = s[0]
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    s[0] = x
+    return x
+
+
+cdef inline uint64_t _seed(int tid) noexcept nogil:
+    # Distinct, non-zero seeds per thread (splitmix64 of the thread id).
+    cdef uint64_t z = <uint64_t>(tid + 1) * 0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    z ^= z >> 31
+    return z if z != 0 else 1
+
+
+cdef inline uint32_t _pick(uint64_t r, uint32_t n) noexcept nogil:
+    # Lemire's multiply-shift: a uniform index in [0, n) without a division.
+    return <uint32_t>(((r >> 32) * <uint64_t>n) >> 32)
+
+
+cdef int _as_threads(threads) except -1:
+    if not isinstance(threads, int) or isinstance(threads, bool):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
+    return threads
+
+
+cdef int64_t _as_ops(ops) except -1:
+    if not isinstance(ops, int) or isinstance(ops, bool):
+        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
+    if ops < 0 or ops > (1 << 40):
+        raise ValueError(f"ops must be in 0..2**40, not {ops}")
+    return ops
+
+
+cdef dict _params(params, dict defaults, dict minimums):
+    """Defaults filled in; unknown keys and bad values refused."""
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; "
+                         f"valid: {', '.join(defaults)}")
+    out = dict(defaults)
+    for k, v in params.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"parameter {k} must be an int, not {type(v).__name__}")
+        if v < minimums.get(k, 1) or v > (1 << 40):
+            raise ValueError(f"parameter {k} must be in {minimums.get(k, 1)}..2**40, not {v}")
+        out[k] = v
+    return out
+
+
+cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
+                       int64_t *done) except -1:
+    """Runs the team without the GIL; returns its wall time in ns."""
+    cdef pc_team team
+    cdef int err
+    memset(&team, 0, sizeof(team))
+    team.nthreads = threads
+    team.ops = ops
+    team.fn = fn
+    team.arg = arg
+    team.done = done
+    with nogil:
+        err = pc_team_run(&team)
+    if err:
+        raise OSError(err, "percpu: cannot start the thread team")
+    return team.wall_ns
+
+
+cdef dict _result(int64_t wall_ns, int64_t total, int threads):
+    seconds = wall_ns / 1e9
+    return {
+        "seconds": seconds,
+        "wall_ns": wall_ns,
+        "ops": total,
+        "ops_per_sec": total / seconds if wall_ns > 0 else 0.0,
+        "threads": threads,
+        "kernel": "native",
+    }
+
+
+# ---------------------------------------------------------------------------
+# stat: SNMP/MIB-style statistics
+
+# Strategy tags: empty-ish structs whose only use is to name a specialisation.
+cdef struct _CAtomic:
+    char unused
+cdef struct _CLocked:
+    char unused
+cdef struct _CPercpu:
+    char unused
+cdef struct _CPerthread:
+    char unused
+cdef struct _CApprox:
+    char unused
+cdef struct _CStriped:
+    char unused
+cdef struct _CRacy:
+    char unused
+
+ctypedef fused CounterKind:
+    _CAtomic
+    _CLocked
+    _CPercpu
+    _CPerthread
+    _CApprox
+    _CStriped
+    _CRacy
+
+
+cdef struct StatJob:
+    void **counters       # the counters' C structs, all of one strategy
+    uint32_t n
+    int64_t read_every    # 0: never read
+    int64_t *reads        # per thread
+    uint64_t *sinks       # per thread: read results, kept so reads are not dropped
+
+
+cdef inline void _counter_add(CounterKind *tag, void *c) noexcept nogil:
+    if CounterKind is _CAtomic:
+        pc_atomic_counter_add(<pc_cell *>c, 1)
+    elif CounterKind is _CLocked:
+        pc_locked_counter_add(<pc_locked_counter *>c, 1)
+    elif CounterKind is _CPercpu:
+        pc_percpu_counter_add(<pc_percpu_counter *>c, 1)
+    elif CounterKind is _CPerthread:
+        pc_perthread_counter_add(<pc_perthread_counter *>c, 1)
+    elif CounterKind is _CApprox:
+        pc_approx_counter_add(<pc_approx_counter *>c, 1)
+    elif CounterKind is _CStriped:
+        pc_striped_counter_add(<pc_striped_counter *>c, 1)
+    else:
+        pc_racy_counter_add(<pc_cell *>c, 1)
+
+
+cdef int64_t _counter_read_atomic(void *c) noexcept nogil:
+    return pc_cell_read(<pc_cell *>c)
+cdef int64_t _counter_read_locked(void *c) noexcept nogil:
+    return pc_locked_counter_read(<pc_locked_counter *>c)
+cdef int64_t _counter_read_percpu(void *c) noexcept nogil:
+    return pc_percpu_counter_read(<pc_percpu_counter *>c)
+cdef int64_t _counter_read_perthread(void *c) noexcept nogil:
+    return pc_perthread_counter_read(<pc_perthread_counter *>c)
+cdef int64_t _counter_read_approx(void *c) noexcept nogil:
+    return pc_approx_counter_read(<pc_approx_counter *>c)
+cdef int64_t _counter_read_striped(void *c) noexcept nogil:
+    return pc_striped_counter_read(<pc_striped_counter *>c)
+
+
+cdef int64_t _counter_read(CounterKind *tag, void *c) noexcept nogil:
+    # Out of line: a read is the rare path, and keeping it out of the loop
+    # keeps the loop's registers for the add.
+    if CounterKind is _CAtomic or CounterKind is _CRacy:
+        return _counter_read_atomic(c)
+    elif CounterKind is _CLocked:
+        return _counter_read_locked(c)
+    elif CounterKind is _CPercpu:
+        return _counter_read_percpu(c)
+    elif CounterKind is _CPerthread:
+        return _counter_read_perthread(c)
+    elif CounterKind is _CApprox:
+        return _counter_read_approx(c)
+    else:
+        return _counter_read_striped(c)
+
+
+cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops,
+                            int64_t *done) noexcept nogil:
+    cdef uint64_t rng = _seed(tid)
+    cdef void **cs = job.counters
+    cdef uint32_t n = job.n
+    cdef int64_t every = job.read_every
+    cdef int64_t next_read = every if every > 0 else ops + 1
+    cdef int64_t reads = 0, i
+    cdef uint64_t sink = 0
+    for i in range(ops):
+        _counter_add(tag, cs[_pick(_xorshift(&rng), n)])
+        if i + 1 == next_read:
+            sink += <uint64_t>_counter_read(tag, cs[_pick(_xorshift(&rng), n)])
+            reads += 1
+            next_read += every
+    job.reads[tid] = reads
+    job.sinks[tid] = sink
+    done[0] = ops
+
+
+cdef void _stat_atomic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CAtomic *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_locked(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CLocked *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_percpu(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CPercpu *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_perthread(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CPerthread *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_approx(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CApprox *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_striped(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CStriped *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_racy(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CRacy *>NULL, <StatJob *>a, tid, ops, done)
+
+
+cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
+    """The counter's C struct; appends its bytes (struct plus own storage)."""
+    cdef void *p
+    if strategy == "atomic":
+        p = (<AtomicCounter?>c).c
+        sizes.append(sizeof(pc_cell))
+    elif strategy == "racy":
+        p = (<RacyCounter?>c).c
+        sizes.append(sizeof(pc_cell))
+    elif strategy == "locked":
+        p = (<LockedCounter?>c).c
+        sizes.append(pc_round_up(sizeof(pc_locked_counter), PC_CACHELINE))
+    elif strategy == "percpu":
+        p = (<PerCPUCounter?>c).c
+        sizes.append(sizeof(pc_percpu_counter))  # plus its pool slots, added later
+    elif strategy == "approx":
+        p = (<ApproxCounter?>c).c
+        sizes.append(pc_round_up(sizeof(pc_approx_counter), PC_CACHELINE))
+    elif strategy == "perthread":
+        p = (<PerThreadCounter?>c).c
+        sizes.append(pc_round_up(sizeof(pc_perthread_counter), PC_CACHELINE)
+                     + (<PerThreadCounter>c).c.capacity * PC_CACHELINE)
+    else:
+        p = (<StripedCounter?>c).c
+        sizes.append(sizeof(pc_striped_counter)
+                     + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
+    return p
+
+
+_STAT_DEFAULTS = {"counters": 64, "read_every": 1000}
+_STAT_MINIMUMS = {"counters": 1, "read_every": 0}
+
+
+def run_stat(strategy, threads, ops, params=None):
+    """SNMP/MIB-style statistics: ``counters`` counters of one strategy; each
+    op increments one chosen by a thread-local xorshift; every ``read_every``
+    ops (0: never) a thread reads one with the strategy's exact read.
+
+    Checks that the counters add up to the ops done and raises RuntimeError
+    otherwise, except for ``racy``, which reports ``lost_updates`` and
+    ``exact`` instead. ``bytes_per_object`` is one counter's memory: its
+    struct, its own slots, and for pool-backed ones the pool bytes in use per
+    counter.
+    """
+    from percpu.counters import COUNTERS
+    cdef int nthreads = _as_threads(threads)
+    cdef int64_t nops = _as_ops(ops)
+    p = _params(params, _STAT_DEFAULTS, _STAT_MINIMUMS)
+    if p["counters"] > (1 << 20):
+        raise ValueError(f"parameter counters must be at most 2**20, not {p['counters']}")
+    cls = COUNTERS.get(strategy) if isinstance(strategy, str) else None
+    if cls is None:
+        raise ValueError(f"unknown counter strategy {strategy!r}; valid: {', '.join(COUNTERS)}")
+    cdef pc_kernel_fn fn
+    if strategy == "atomic":
+        fn = _stat_atomic
+    elif strategy == "locked":
+        fn = _stat_locked
+    elif strategy == "percpu":
+        fn = _stat_percpu
+    elif strategy == "perthread":
+        fn = _stat_perthread
+    elif strategy == "approx":
+        fn = _stat_approx
+    elif strategy == "striped":
+        fn = _stat_striped
+    else:
+        fn = _stat_racy
+
+    cdef uint32_t n = p["counters"]
+    pool = PerCPUPool() if strategy in ("percpu", "approx") else None
+    objs = [cls(pool=pool) if pool is not None else cls() for _ in range(n)]
+    sizes = []
+    cdef StatJob job
+    memset(&job, 0, sizeof(job))
+    job.counters = <void **>calloc(n, sizeof(void *))
+    job.reads = <int64_t *>calloc(nthreads, sizeof(int64_t))
+    job.sinks = <uint64_t *>calloc(nthreads, sizeof(uint64_t))
+    cdef int64_t *done = <int64_t *>calloc(nthreads, sizeof(int64_t))
+    cdef uint32_t k
+    cdef int64_t wall, total = 0, reads = 0
+    try:
+        if job.counters == NULL or job.reads == NULL or job.sinks == NULL or done == NULL:
+            raise MemoryError()
+        for k in range(n):
+            job.counters[k] = _counter_state(objs[k], strategy, sizes)
+        job.n = n
+        job.read_every = p["read_every"]
+        wall = _run_team(fn, &job, nthreads, nops, done)
+        for k in range(<uint32_t>nthreads):
+            total += done[k]
+            reads += job.reads[k]
+    finally:
+        free(job.counters)
+        free(job.reads)
+        free(job.sinks)
+        free(done)
+
+    observed = sum(c.value() for c in objs)
+    bytes_per_object = sum(sizes) / n
+    if pool is not None:
+        st = pool.stats()
+        bytes_per_object += st["bytes_used"] / n
+    res = _result(wall, total, nthreads)
+    res.update(
+        counters=n, read_every=p["read_every"], reads=reads,
+        expected=total, observed=observed,
+        lost_updates=total - observed, exact=int(observed == total),
+        bytes_per_object=bytes_per_object,
+    )
+    if strategy != "racy" and observed != total:
+        raise RuntimeError(f"stat/{strategy}: counters sum to {observed}, expected {total}")
+    return res
+
+
+# ---------------------------------------------------------------------------
+# The reference workloads: netdev, dst, packet
+#
+# Object lifetime. Workers reach a device through `cur` and a route through
+# `table[i]`, pointers that unregister and churn replace, so a worker may load
+# a pointer just before it is replaced. Three things keep that safe:
+#
+# 1. tryget, not get, on a pointer loaded from `cur` or `table`: the loaded
+#    object may already be killed and released, and tryget refuses a count of
+#    zero (kernel: dst_hold_safe, dev_get_by_index's refcount_inc_not_zero).
+#    PercpuRef uses tryget_live, which also refuses a killed object, so a
+#    worker never starts holding something that is going away.
+# 2. The replacing thread swaps the pointer before it kills the old object,
+#    so a worker whose tryget failed finds the new one on reloading.
+# 3. Memory is freed only after a grace period of our own, quiescent-state
+#    based (QSBR): each worker stores an increasing count into its own cache
+#    line after every op, a point where it holds no raw pointer, only
+#    references. The freeing thread waits until the release callback has
+#    returned (PCREF_DONE), issues membarrier(PRIVATE_EXPEDITED) so that every
+#    worker's later loads see the swapped pointer, then waits for each running
+#    worker's count to move. Why not the registry's pc_section_enter/exit
+#    around the load and tryget: the references' own non-rseq slow path opens
+#    a section on the same per-thread record, and sections do not nest (the
+#    inner enter would make the sequence even and hide the outer section).
+#    QSBR costs one store per op to a line the worker owns, no fence.
+
+cdef extern from *:
+    """
+    static void *pc_wl_zalloc(size_t size) {
+        void *p = NULL;
+        size = pc_round_up(size ? size : 1, PC_CACHELINE);
+        if (posix_memalign(&p, PC_CACHELINE, size)) return NULL;
+        memset(p, 0, size);
+        return p;
+    }
+    """
+    void *pc_wl_zalloc(size_t size) nogil
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+from percpu._alloc cimport pc_pool, pcpool_refill
+from percpu._refs cimport (
+    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_DONE, PCREF_ERR_NOMEM,
+    ref_init, ref_destroy, ref_kill, atomicref_get, atomicref_put, atomicref_tryget,
+    bigref_get, bigref_put, bigref_tryget, percpuref_get, percpuref_put,
+    percpuref_tryget_live)
+
+cdef pc_registry *_registry = pc_registry_import()
+
+cdef extern from *:
+    # A worker that has finished: the grace period no longer waits for it.
+    uint64_t _QS_OFFLINE "((uint64_t)-1)"
+
+
+cdef struct Obj:                # a device or a route-cache entry
+    pc_ref ref
+    int64_t id
+    int32_t releases            # release callbacks run on it; must end at exactly 1
+    void *job                   # its RefJob, for the release callback
+
+
+cdef struct RefJob:
+    int dev_kind                # PCREF_* of the device (netdev, packet)
+    int dst_kind                # PCREF_* of the entries (dst, packet)
+    pc_pool *pool               # private per run: its stats are this run's alone
+    int nthreads
+    bint fence_qs               # no membarrier: workers fence after each quiescent state
+    char *qs                    # per-thread uint64 quiescent-state counts, PC_CACHELINE apart
+    int64_t work                # packet: units of other work per op
+    uint64_t *sinks             # per thread: the work's results, kept so it is not dropped
+    # netdev (written by thread 0 only, read after the team)
+    Obj *cur                    # the registered device
+    int64_t unregister_interval # thread 0's ops between unregisters; 0: never
+    int64_t unregisters
+    int64_t unregister_failures # the new device could not be created: the old one stays
+    int64_t unreg_ns_total
+    int64_t unreg_ns_max
+    # dst (thread 0 only)
+    Obj **table
+    uint32_t entries
+    int64_t churn_interval
+    int64_t churns
+    int64_t churn_failures
+    int64_t refills
+    uint32_t churn_next
+    Obj **retired               # killed entries awaiting release and a grace period
+    int64_t nretired
+    int64_t cap_retired
+    # accounting
+    int64_t creations           # thread 0 during the run, the caller outside it
+    int64_t releases            # release callbacks, any thread
+    int64_t frees
+    int64_t bad                 # failed ref operations (a get on a released object, ...)
+    int64_t bad_releases        # objects freed with a release count other than 1
+    int64_t init_error          # the last ref_init error seen
+
+
+# Strategy tags of the references.
+cdef struct _RAtomic:
+    char unused
+cdef struct _RBig:
+    char unused
+cdef struct _RPercpu:
+    char unused
+
+ctypedef fused DevKind:
+    _RAtomic
+    _RBig
+    _RPercpu
+
+ctypedef fused DstKind:
+    _RAtomic
+    _RBig
+    _RPercpu
+
+
+cdef inline int _dev_get(DevKind *t, pc_ref *r) noexcept nogil:
+    if DevKind is _RAtomic:
+        return atomicref_get(r)
+    elif DevKind is _RBig:
+        return bigref_get(r)
+    else:
+        return percpuref_get(r)
+
+cdef inline int _dev_put(DevKind *t, pc_ref *r) noexcept nogil:
+    if DevKind is _RAtomic:
+        return atomicref_put(r)
+    elif DevKind is _RBig:
+        return bigref_put(r)
+    else:
+        return percpuref_put(r)
+
+cdef inline int _dev_tryget(DevKind *t, pc_ref *r) noexcept nogil:
+    if DevKind is _RAtomic:
+        return atomicref_tryget(r)
+    elif DevKind is _RBig:
+        return bigref_tryget(r)
+    else:
+        return percpuref_tryget_live(r)
+
+cdef inline int _dst_put(DstKind *t, pc_ref *r) noexcept nogil:
+    if DstKind is _RAtomic:
+        return atomicref_put(r)
+    elif DstKind is _RBig:
+        return bigref_put(r)
+    else:
+        return percpuref_put(r)
+
+cdef inline int _dst_tryget(DstKind *t, pc_ref *r) noexcept nogil:
+    if DstKind is _RAtomic:
+        return atomicref_tryget(r)
+    elif DstKind is _RBig:
+        return bigref_tryget(r)
+    else:
+        return percpuref_tryget_live(r)
+
+
+# Life cycle (cold)
+
+cdef void _obj_release(void *ctx) noexcept nogil:
+    cdef Obj *o = <Obj *>ctx
+    # Relaxed: both counts are read after PCREF_DONE (a release store that
+    # follows this callback) or after the team has joined.
+    pc_fetch_add_i32(&o.releases, 1, PC_RELAXED)
+    pc_fetch_add_i64(&(<RefJob *>o.job).releases, 1, PC_RELAXED)
+
+
+cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
+    cdef Obj *o = <Obj *>pc_wl_zalloc(sizeof(Obj))
+    cdef int rc
+    if o == NULL:
+        job.init_error = PCREF_ERR_NOMEM
+        return NULL
+    o.job = job
+    rc = ref_init(&o.ref, kind, job.pool, atomic, _obj_release, o)
+    if rc != 0:
+        job.init_error = rc
+        free(o)
+        return NULL
+    o.id = job.creations
+    job.creations += 1
+    return o
+
+
+cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
+    # Acquire: the callback's count is read after its PCREF_DONE release.
+    if pc_load_i32(&o.releases, PC_ACQUIRE) != 1:
+        job.bad_releases += 1
+    if ref_destroy(&o.ref) != 0:
+        job.bad += 1
+    free(o)
+    job.frees += 1
+
+
+cdef inline bint _done(Obj *o) noexcept nogil:
+    # Acquire: pairs with the PCREF_DONE release store that ends the release,
+    # the releasing thread's last access to the object.
+    return (pc_load_i32(&o.ref.state, PC_ACQUIRE) & PCREF_DONE) != 0
+
+
+cdef inline void _backoff(int *spins) noexcept nogil:
+    spins[0] += 1
+    if spins[0] < 64:
+        pc_cpu_relax()
+    else:
+        # More threads than CPUs: the one we wait for needs this CPU.
+        sched_yield()
+
+
+cdef inline void _quiescent(RefJob *job, uint64_t *qs, uint64_t *seq) noexcept nogil:
+    seq[0] += 1
+    # Release: this op's loads of table/cur pointers and uses of the objects
+    # they led to happen before the count moves, which the grace period
+    # acquires. (Only this thread writes the slot.)
+    pc_store_u64(qs, seq[0], PC_RELEASE)
+    if PC_UNLIKELY(job.fence_qs):
+        # Without membarrier the reader pays the store-load fence itself.
+        pc_fence(PC_SEQ_CST)
+
+
+cdef void _grace(RefJob *job, int self_tid) noexcept nogil:
+    """Returns once every worker has passed a quiescent state after this call
+    began: no worker still uses a pointer it loaded before."""
+    cdef int t, spins
+    cdef uint64_t c0
+    cdef uint64_t *slot
+    if job.fence_qs or pc_membarrier(PC_MB_PRIVATE_EXPEDITED, 0) != 0:
+        pc_fence(PC_SEQ_CST)
+    # membarrier: every running worker executed a full fence after our swap
+    # and before this point, so a count read below that has not yet moved
+    # moves next at a store made after that fence, after which the worker's
+    # loads see the swapped pointer.
+    for t in range(job.nthreads):
+        if t == self_tid:
+            continue
+        slot = <uint64_t *>(job.qs + <size_t>t * PC_CACHELINE)
+        c0 = pc_load_u64(slot, PC_ACQUIRE)
+        if c0 == _QS_OFFLINE:
+            continue
+        spins = 0
+        while pc_load_u64(slot, PC_ACQUIRE) == c0:
+            _backoff(&spins)
+
+
+cdef Obj *_dev_switch(DevKind *t, RefJob *job, Obj *held) noexcept nogil:
+    """The device was unregistered: drop our reference on it (a put that may
+    release it) and take one on the current device."""
+    cdef Obj *d
+    if held != NULL and _dev_put(t, &held.ref) < 0:
+        job.bad += 1
+    while True:
+        # Acquire: pairs with the release store of a new device, so its
+        # ref_init is visible before we touch it.
+        d = <Obj *>pc_load_ptr(<void **>&job.cur, PC_ACQUIRE)
+        if _dev_tryget(t, &d.ref):
+            # Still registered? Otherwise let it go (atomic and bigref
+            # tryget succeed on a killed device that still has holders).
+            if <Obj *>pc_load_ptr(<void **>&job.cur, PC_ACQUIRE) == d:
+                return d
+            if _dev_put(t, &d.ref) < 0:
+                job.bad += 1
+        pc_cpu_relax()
+
+
+cdef Obj *_unregister(DevKind *t, RefJob *job, Obj *held) noexcept nogil:
+    """unregister_netdevice + netdev_wait_allrefs + register of a new device
+    (thread 0). Returns thread 0's new held device."""
+    cdef Obj *new = _obj_new(job, job.dev_kind, False)
+    cdef Obj *old = job.cur
+    cdef int64_t t0, dt
+    cdef int spins = 0
+    if new == NULL:
+        job.unregister_failures += 1
+        return held
+    t0 = pc_now_ns()
+    # Release: publishes the new device's ref_init to the workers' acquire.
+    pc_store_ptr(<void **>&job.cur, new, PC_RELEASE)
+    # Our own reference moves first, or the drain would wait for us.
+    held = _dev_switch(t, job, held)
+    if ref_kill(&old.ref) < 0:
+        job.bad += 1
+    while not _done(old):
+        _backoff(&spins)
+    dt = pc_now_ns() - t0
+    job.unregisters += 1
+    job.unreg_ns_total += dt
+    if dt > job.unreg_ns_max:
+        job.unreg_ns_max = dt
+    _grace(job, 0)
+    _obj_free(job, old)
+    return held
+
+
+cdef inline Obj *_dst_hold(DstKind *t, RefJob *job, uint64_t flow) noexcept nogil:
+    """Route lookup: the entry flow hashes to, held."""
+    cdef Obj **slot = &job.table[_pick(flow * 0x9E3779B97F4A7C15ULL, job.entries)]
+    cdef Obj *e
+    while True:
+        # Acquire: pairs with churn's exchange, which publishes the entry.
+        e = <Obj *>pc_load_ptr(<void **>slot, PC_ACQUIRE)
+        if PC_LIKELY(_dst_tryget(t, &e.ref)):
+            return e
+        # Killed under us: churn has already put its replacement there.
+
+
+cdef void _reclaim(RefJob *job, int self_tid) noexcept nogil:
+    """Frees the retired entries whose release is done, after a grace period.
+
+    Every retired entry was swapped out of the table before it was retired,
+    so one grace period started now covers every worker that could still use
+    a pointer to any of them; of those, the ones whose release has returned
+    (PCREF_DONE, the releasing thread's last access) can go."""
+    cdef int64_t i, j, ready = 0
+    for i in range(job.nretired):
+        ready += _done(job.retired[i])
+    if ready == 0:
+        return
+    _grace(job, self_tid)
+    j = 0
+    for i in range(job.nretired):
+        if _done(job.retired[i]):
+            _obj_free(job, job.retired[i])
+        else:
+            job.retired[j] = job.retired[i]
+            j += 1
+    job.nretired = j
+
+
+cdef void _churn(DstKind *t, RefJob *job, int self_tid) noexcept nogil:
+    """Replace one route-cache entry (thread 0)."""
+    cdef uint32_t idx = job.churn_next
+    cdef Obj *new
+    cdef Obj *old
+    cdef int spins = 0
+    job.churn_next = idx + 1 if idx + 1 < job.entries else 0
+    # GFP_ATOMIC: never grow the pool or block here.
+    new = _obj_new(job, job.dst_kind, True)
+    if new == NULL:
+        job.churn_failures += 1
+        # Outside the "atomic context", as the kernel's allocator refills its
+        # reserve from a worker.
+        if pcpool_refill(job.pool) == 0:
+            job.refills += 1
+        return
+    # Acq_rel: release publishes the new entry; acquire gives us the old one
+    # as its last publisher left it.
+    old = <Obj *>pc_exchange_ptr(<void **>&job.table[idx], new, PC_ACQ_REL)
+    if ref_kill(&old.ref) < 0:
+        job.bad += 1
+    while job.nretired == job.cap_retired:
+        _reclaim(job, self_tid)
+        if job.nretired == job.cap_retired:
+            _backoff(&spins)
+    job.retired[job.nretired] = old
+    job.nretired += 1
+    job.churns += 1
+    _reclaim(job, self_tid)
+
+
+# The loops. Thread 0 also runs the slow paths at its intervals; every thread
+# drops its device reference and goes offline for the grace period at the end.
+
+cdef inline void _netdev_loop(DevKind *t, RefJob *job, int tid, int64_t ops,
+                              int64_t *done) noexcept nogil:
+    cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
+    cdef uint64_t seq = 0
+    cdef int64_t i, bad = 0
+    cdef int64_t every = job.unregister_interval if tid == 0 else 0
+    cdef int64_t next_unreg = every if every > 0 else -1
+    cdef Obj *held = _dev_switch(t, job, NULL)
+    for i in range(ops):
+        # Relaxed: only says when to switch; _dev_switch re-reads with acquire.
+        if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
+            held = _dev_switch(t, job, held)
+        # dev_hold/dev_put; we hold a reference, so neither may fail or release.
+        bad += _dev_get(t, &held.ref) != 0
+        bad += _dev_put(t, &held.ref) != 0
+        _quiescent(job, qs, &seq)
+        if PC_UNLIKELY(i + 1 == next_unreg):
+            held = _unregister(t, job, held)
+            next_unreg += every
+    if _dev_put(t, &held.ref) < 0:
+        bad += 1
+    # Release: everything this thread did comes before the grace period's
+    # acquire skips it.
+    pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
+    if bad:
+        pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
+    done[0] = ops
+
+
+cdef inline void _dst_loop(DstKind *t, RefJob *job, int tid, int64_t ops,
+                           int64_t *done) noexcept nogil:
+    cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
+    cdef uint64_t seq = 0, rng = _seed(tid)
+    cdef int64_t i, bad = 0
+    cdef int64_t every = job.churn_interval if tid == 0 else 0
+    cdef int64_t next_churn = every if every > 0 else -1
+    cdef Obj *e
+    for i in range(ops):
+        e = _dst_hold(t, job, _xorshift(&rng))
+        # May release (a churned entry we held last): that is fine, < 0 is not.
+        bad += _dst_put(t, &e.ref) < 0
+        _quiescent(job, qs, &seq)
+        if PC_UNLIKELY(i + 1 == next_churn):
+            _churn(t, job, tid)
+            next_churn += every
+    pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
+    if bad:
+        pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
+    done[0] = ops
+
+
+cdef inline void _packet_loop(DevKind *dt, DstKind *st, RefJob *job, int tid, int64_t ops,
+                              int64_t *done) noexcept nogil:
+    cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
+    cdef uint64_t seq = 0, rng = _seed(tid), x = rng
+    cdef int64_t i, bad = 0, work = job.work
+    cdef int64_t ue = job.unregister_interval if tid == 0 else 0
+    cdef int64_t ce = job.churn_interval if tid == 0 else 0
+    cdef int64_t next_unreg = ue if ue > 0 else -1
+    cdef int64_t next_churn = ce if ce > 0 else -1
+    cdef Obj *held = _dev_switch(dt, job, NULL)
+    cdef Obj *e
+    for i in range(ops):
+        if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
+            held = _dev_switch(dt, job, held)
+        bad += _dev_get(dt, &held.ref) != 0          # the skb takes the device
+        e = _dst_hold(st, job, _xorshift(&rng))     # route lookup, dst_hold
+        x = pc_wl_work(x, work)                     # the rest of the stack
+        bad += _dst_put(st, &e.ref) < 0
+        bad += _dev_put(dt, &held.ref) != 0
+        _quiescent(job, qs, &seq)
+        if PC_UNLIKELY(i + 1 == next_unreg):
+            held = _unregister(dt, job, held)
+            next_unreg += ue
+        if PC_UNLIKELY(i + 1 == next_churn):
+            _churn(st, job, tid)
+            next_churn += ce
+    if _dev_put(dt, &held.ref) < 0:
+        bad += 1
+    pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
+    job.sinks[tid] = x
+    if bad:
+        pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
+    done[0] = ops
+
+
+# One plain kernel per specialisation, for the team.
+
+cdef void _netdev_atomic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _netdev_loop(<_RAtomic *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _netdev_bigref(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _netdev_loop(<_RBig *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _netdev_percpu(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _netdev_loop(<_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
+
+cdef void _dst_atomic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _dst_loop(<_RAtomic *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _dst_bigref(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _dst_loop(<_RBig *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _dst_percpu(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _dst_loop(<_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
+
+cdef void _packet_aa(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RAtomic *>NULL, <_RAtomic *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_ab(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RAtomic *>NULL, <_RBig *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_ap(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RAtomic *>NULL, <_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_ba(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RBig *>NULL, <_RAtomic *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_bb(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RBig *>NULL, <_RBig *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_bp(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RBig *>NULL, <_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_pa(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RPercpu *>NULL, <_RAtomic *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_pb(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RPercpu *>NULL, <_RBig *>NULL, <RefJob *>a, tid, ops, done)
+cdef void _packet_pp(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _packet_loop(<_RPercpu *>NULL, <_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
+
+
+cdef dict _REF_KINDS = {"atomic": PCREF_ATOMIC, "bigref": PCREF_BIGREF, "percpu": PCREF_PERCPU}
+
+
+cdef int _ref_kind(strategy) except -1:
+    kind = _REF_KINDS.get(strategy) if isinstance(strategy, str) else None
+    if kind is None:
+        raise ValueError(f"unknown reference strategy {strategy!r}; "
+                         f"valid: {', '.join(_REF_KINDS)}")
+    return kind
+
+
+cdef pc_kernel_fn _pick_kernel(str workload, int dev, int dst):
+    cdef pc_kernel_fn k3[3]
+    cdef pc_kernel_fn k9[9]
+    if workload == "netdev":
+        k3[0] = _netdev_atomic; k3[1] = _netdev_bigref; k3[2] = _netdev_percpu
+        return k3[dev]
+    if workload == "dst":
+        k3[0] = _dst_atomic; k3[1] = _dst_bigref; k3[2] = _dst_percpu
+        return k3[dst]
+    k9[0] = _packet_aa; k9[1] = _packet_ab; k9[2] = _packet_ap
+    k9[3] = _packet_ba; k9[4] = _packet_bb; k9[5] = _packet_bp
+    k9[6] = _packet_pa; k9[7] = _packet_pb; k9[8] = _packet_pp
+    return k9[dev * 3 + dst]
+
+
+cdef int64_t _interval(int64_t every, int threads):
+    # `every` counts the team's ops; thread 0 acts for the whole team.
+    if every <= 0:
+        return 0
+    return max(1, every // threads)
+
+
+cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, dict p):
+    """Set up a RefJob, run the team, tear down and check; returns the figures."""
+    cdef PerCPUPool pool = PerCPUPool()
+    cdef RefJob job
+    cdef int64_t *done = NULL
+    cdef int64_t wall = 0, total = 0
+    cdef uint32_t k
+    cdef int i
+    cdef bint uses_dev = workload != "dst"
+    cdef bint uses_dst = workload != "netdev"
+    cdef bint teardown_ok = True
+    memset(&job, 0, sizeof(job))
+    job.dev_kind = dev
+    job.dst_kind = dst
+    job.pool = pool.c
+    job.nthreads = nthreads
+    job.fence_qs = _registry.membarrier == PC_MB_NONE
+    job.work = p.get("work", 0)
+    job.unregister_interval = _interval(p.get("unregister_every", 0), nthreads) if uses_dev else 0
+    job.churn_interval = _interval(p.get("churn_every", 0), nthreads) if uses_dst else 0
+    job.entries = p.get("entries", 0) if uses_dst else 0
+    bytes_per_entry = None
+    try:
+        job.qs = <char *>pc_wl_zalloc(<size_t>nthreads * PC_CACHELINE)
+        job.sinks = <uint64_t *>calloc(nthreads, sizeof(uint64_t))
+        done = <int64_t *>calloc(nthreads, sizeof(int64_t))
+        if job.qs == NULL or job.sinks == NULL or done == NULL:
+            raise MemoryError()
+        if uses_dev:
+            job.cur = _obj_new(&job, dev, False)
+            if job.cur == NULL:
+                raise MemoryError("percpu: cannot create the device reference")
+        if uses_dst:
+            job.cap_retired = 256
+            job.retired = <Obj **>calloc(job.cap_retired, sizeof(Obj *))
+            job.table = <Obj **>calloc(job.entries, sizeof(Obj *))
+            if job.retired == NULL or job.table == NULL:
+                raise MemoryError()
+            for k in range(job.entries):
+                job.table[k] = _obj_new(&job, dst, False)
+                if job.table[k] == NULL:
+                    raise MemoryError("percpu: cannot create the route cache")
+        wall = _run_team(_pick_kernel(workload, dev, dst), &job, nthreads, nops, done)
+        for i in range(nthreads):
+            total += done[i]
+        if uses_dst:
+            st = pool.stats()
+            entry_bytes = pc_round_up(sizeof(Obj), PC_CACHELINE)
+            pool_bytes = st["bytes_reserved"] if dst != PCREF_ATOMIC else 0
+            bytes_per_entry = entry_bytes + pool_bytes / job.entries
+    finally:
+        # Teardown: no worker runs any more, so killing must release at once
+        # (a holder left behind is a leak), and no grace period is needed.
+        with nogil:
+            if job.cur != NULL:
+                ref_kill(&job.cur.ref)
+                if _done(job.cur):
+                    _obj_free(&job, job.cur)
+                else:
+                    teardown_ok = False     # leaked rather than freed under a holder
+            if job.table != NULL:
+                for k in range(job.entries):
+                    if job.table[k] != NULL:
+                        ref_kill(&job.table[k].ref)
+                        if _done(job.table[k]):
+                            _obj_free(&job, job.table[k])
+                        else:
+                            teardown_ok = False
+            for i in range(job.nretired):
+                if _done(job.retired[i]):
+                    _obj_free(&job, job.retired[i])
+                else:
+                    teardown_ok = False
+        free(job.table)
+        free(job.retired)
+        free(job.qs)
+        free(job.sinks)
+        free(done)
+
+    name = f"{workload}/{p.get('strategy')}"
+    left = pool.stats()["objects"]
+    problems = []
+    if job.bad:
+        problems.append(f"{job.bad} failed reference operations")
+    if not teardown_ok:
+        problems.append("a reference was still held at teardown")
+    if job.releases != job.creations:
+        problems.append(f"{job.releases} releases for {job.creations} objects created")
+    if job.frees != job.creations:
+        problems.append(f"{job.frees} objects freed of {job.creations} created")
+    if job.bad_releases:
+        problems.append(f"{job.bad_releases} objects released other than exactly once")
+    if left:
+        problems.append(f"the pool still holds {left} objects after teardown")
+    if problems:
+        raise RuntimeError(f"{name}: " + "; ".join(problems))
+
+    res = _result(wall, total, nthreads)
+    res.update(created=job.creations, released=job.releases)
+    if uses_dev:
+        res.update(
+            unregisters=job.unregisters,
+            unregister_failures=job.unregister_failures,
+            unregister_latency_mean_us=(job.unreg_ns_total / job.unregisters / 1e3
+                                        if job.unregisters else 0.0),
+            unregister_latency_max_us=job.unreg_ns_max / 1e3,
+        )
+    if uses_dst:
+        res.update(
+            entries=job.entries, churns=job.churns, churn_failures=job.churn_failures,
+            refills=job.refills, bytes_per_entry=bytes_per_entry,
+        )
+    return res
+
+
+_NETDEV_DEFAULTS = {"unregister_every": 100000}
+_DST_DEFAULTS = {"entries": 1024, "churn_every": 10000}
+_PACKET_DEFAULTS = {"work": 50, "entries": 1024, "unregister_every": 100000,
+                    "churn_every": 10000}
+_EVERY_MINIMUMS = {"unregister_every": 0, "churn_every": 0, "work": 0}
+
+
+cdef dict _ref_params(params, dict defaults):
+    p = _params(params, defaults, _EVERY_MINIMUMS)
+    if p.get("entries", 1) > (1 << 24):
+        raise ValueError(f"parameter entries must be at most 2**24, not {p['entries']}")
+    return p
+
+
+def run_netdev(strategy, threads, ops, params=None):
+    """dev_hold/dev_put on one device per op; every ``unregister_every`` team
+    ops (thread 0 acting) the device is unregistered: replaced by a new one,
+    killed, and waited on until every holder has dropped it. Reports
+    ``unregisters`` and ``unregister_latency_mean_us``/``_max_us`` (swap to
+    release). Raises RuntimeError if any reference operation failed or any
+    device was not released and freed exactly once."""
+    cdef int kind = _ref_kind(strategy)
+    cdef int nthreads = _as_threads(threads)
+    cdef int64_t nops = _as_ops(ops)
+    p = _ref_params(params, _NETDEV_DEFAULTS)
+    p["strategy"] = strategy
+    return _run_refs("netdev", kind, 0, nthreads, nops, p)
+
+
+def run_dst(strategy, threads, ops, params=None):
+    """A route cache of ``entries`` reference-counted entries; an op hashes a
+    flow to an entry, holds and drops it; every ``churn_every`` team ops
+    (thread 0 acting) an entry is replaced (allocated with atomic=True; on
+    failure the old one stays and ``churn_failures`` counts it). Reports
+    ``churns``, ``churn_failures`` and ``bytes_per_entry`` (the entry struct
+    plus the private pool's reserved bytes per entry)."""
+    cdef int kind = _ref_kind(strategy)
+    cdef int nthreads = _as_threads(threads)
+    cdef int64_t nops = _as_ops(ops)
+    p = _ref_params(params, _DST_DEFAULTS)
+    p["strategy"] = strategy
+    return _run_refs("dst", 0, kind, nthreads, nops, p)
+
+
+def run_packet(strategy, threads, ops, params=None):
+    """tbench-like: per op a device hold/put, a route lookup hold/put and
+    ``work`` units of other work; ``strategy`` is ``NETDEV+DST``
+    (e.g. ``bigref+percpu``). Reports the netdev and dst figures together."""
+    if not isinstance(strategy, str) or strategy.count("+") != 1:
+        raise ValueError(f"packet strategy must be NETDEV+DST (e.g. 'bigref+percpu'), "
+                         f"not {strategy!r}")
+    dev_name, dst_name = strategy.split("+")
+    cdef int dev = _ref_kind(dev_name)
+    cdef int dst = _ref_kind(dst_name)
+    cdef int nthreads = _as_threads(threads)
+    cdef int64_t nops = _as_ops(ops)
+    p = _ref_params(params, _PACKET_DEFAULTS)
+    p["strategy"] = strategy
+    res = _run_refs("packet", dev, dst, nthreads, nops, p)
+    res["work"] = p["work"]
+    return res

@@ -1,0 +1,375 @@
+"""Assembling the report and writing it, all or nothing."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from percpu.report import formatting as fmt
+from percpu.report import plots, stats
+from percpu.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from percpu.report.findings import compute_findings, significant
+from percpu.report.loading import (
+    Point,
+    ResultFile,
+    baseline_for,
+    load_results,
+    order_strategies,
+    order_workloads,
+    strategy_rank,
+)
+
+#: Lists what the last run wrote, so a new run removes plots that no longer apply.
+MANIFEST = ".percpu-report-files"
+
+MACHINE_ROWS = (
+    ("CPU model", "cpu_model_name"),
+    ("CPUs (online, pyperf)", "cpu_count"),
+    ("CPUs (possible, percpu slots)", "percpu_nr_cpus"),
+    ("CPU frequency", "cpu_freq"),
+    ("CPU config", "cpu_config"),
+    ("kernel / platform", "platform"),
+    ("percpu features", "percpu_features"),
+    ("Python", "python_version"),
+    ("Python implementation", "python_implementation"),
+    ("Python compiler", "python_compiler"),
+    ("percpu version", "percpu_version"),
+    ("pyperf version", "perf_version"),
+    ("host", "hostname"),
+    ("date", "date"),
+)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _features(raw: object) -> str:
+    if not isinstance(raw, str):
+        return "-" if raw is None else str(raw)
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(parsed, dict):
+        return ", ".join(f"{k}={v}" for k, v in parsed.items())
+    return raw
+
+
+def _machine(files: Sequence[ResultFile]) -> list[Block]:
+    headers = ["", *(f.label for f in files)] if len(files) > 1 else ["", "value"]
+    rows = []
+    for title, key in MACHINE_ROWS:
+        cells = []
+        for f in files:
+            value = f.metadata.get(key)
+            if key == "percpu_features":
+                cells.append(_features(value))
+            elif key == "date" and isinstance(value, str):
+                cells.append(value.split(".")[0])
+            else:
+                cells.append("-" if value is None else str(value))
+        if any(c != "-" for c in cells):
+            rows.append([title, *cells])
+    return [Heading(2, "Machine"), Table(headers, rows)]
+
+
+def _workload_params(points: Sequence[Point]) -> str:
+    seen = {json.dumps(p.params, sort_keys=True) for p in points if p.params}
+    if not seen:
+        return "parameters: not recorded."
+    if len(seen) == 1:
+        return f"parameters: `{seen.pop()}`."
+    return "parameters vary between points: " + "; ".join(f"`{s}`" for s in sorted(seen)) + "."
+
+
+def _exact_cell(p: Point) -> str:
+    if p.exact is None:
+        return "-"
+    if p.exact:
+        return "yes"
+    lost = p.number("percpu_lost_updates")
+    return f"no (lost {int(lost)})" if lost else "no"
+
+
+def _points_table(file: ResultFile, workload: str) -> Table:
+    baseline = baseline_for(workload)
+    points = file.of(workload)
+    with_exact = any(p.exact is not None for p in points)
+    headers = ["strategy", "threads", "time per op per thread", "throughput", f"speedup vs {baseline}", "vs baseline"]
+    if with_exact:
+        headers.append("exact")
+    rows = []
+    for strategy in order_strategies(p.strategy for p in points):
+        for p in sorted((p for p in points if p.strategy == strategy), key=lambda p: p.threads):
+            base = file.get(workload, baseline, p.threads)
+            if base is None:
+                speed, sig = "-", "no baseline"
+            elif base is p:
+                speed, sig = "1.00x", "baseline"
+            else:
+                ratio, err = plots.speedup(p, base)
+                speed = f"{fmt.ratio(ratio)} +- {err:.2f}"
+                sig = fmt.significance(significant(p, base))
+            row = [
+                f"`{strategy}`",
+                str(p.threads),
+                f"{fmt.ns(p.time_mean)} +- {fmt.ns(p.time_std, 2)}",
+                f"{fmt.ops(p.ops_mean)} +- {fmt.si(p.ops_std)}",
+                speed,
+                sig,
+            ]
+            if with_exact:
+                row.append(_exact_cell(p))
+            rows.append(row)
+    return Table(headers, rows, numeric={1, 2, 3, 4})
+
+
+def _latency_table(files: Sequence[ResultFile]) -> Table | None:
+    rows = []
+    for f in files:
+        for p in sorted(f.of("netdev"), key=lambda p: (strategy_rank(p.strategy), p.threads)):
+            mean_us = p.number("percpu_unregister_latency_mean_us")
+            if mean_us is None:
+                continue
+            max_us = p.number("percpu_unregister_latency_max_us")
+            count = p.number("percpu_unregisters")
+            rows.append([
+                f.label, f"`{p.strategy}`", str(p.threads), f"{mean_us:.3g}",
+                "-" if max_us is None else f"{max_us:.3g}", "-" if count is None else str(int(count)),
+            ])
+    if not rows:
+        return None
+    headers = ["file", "strategy", "threads", "mean (us)", "max (us)", "unregisters"]
+    if len(files) == 1:
+        headers, rows = headers[1:], [r[1:] for r in rows]
+        return Table(headers, rows, numeric={1, 2, 3, 4})
+    return Table(headers, rows, numeric={2, 3, 4, 5})
+
+
+def _dst_table(files: Sequence[ResultFile]) -> Table | None:
+    rows = []
+    for f in files:
+        for p in sorted(f.of("dst"), key=lambda p: p.threads):
+            churns = p.number("percpu_churns")
+            failures = p.number("percpu_churn_failures")
+            if churns is None and failures is None:
+                continue
+            rows.append([
+                f.label, f"`{p.strategy}`", str(p.threads),
+                "-" if churns is None else str(int(churns)), "-" if failures is None else str(int(failures)),
+            ])
+    if not rows:
+        return None
+    return Table(["file", "strategy", "threads", "churns", "churn failures (atomic alloc)"], rows, numeric={2, 3, 4})
+
+
+def _python_tables(files: Sequence[ResultFile]) -> list[Block]:
+    blocks: list[Block] = []
+    for f in files:
+        points = f.of("pycounter")
+        if not points:
+            continue
+        counts = sorted({p.threads for p in points})[:2]
+        headers = ["strategy", *(f"ns per increment, {fmt.plural(t, 'thread')}" for t in counts), "exact"]
+        rows = []
+        for strategy in order_strategies(p.strategy for p in points):
+            row = [f"`{strategy}`"]
+            exact_cells = []
+            for t in counts:
+                p = f.get("pycounter", strategy, t)
+                row.append("-" if p is None else f"{p.time_mean * 1e9:.3g} +- {p.time_std * 1e9:.2g}")
+                if p is not None and p.exact is not None:
+                    exact_cells.append((t, p))
+            if not exact_cells:
+                row.append("-")
+            elif all(p.exact for _, p in exact_cells):
+                row.append("yes")
+            else:
+                row.append("; ".join(f"{t}T: {_exact_cell(p)}" for t, p in exact_cells if not p.exact))
+            rows.append(row)
+        if len(files) > 1:
+            blocks.append(Paragraph(f"`{f.label}`:"))
+        blocks.append(Table(headers, rows, numeric=set(range(1, len(counts) + 1))))
+    if blocks:
+        blocks = [
+            Heading(2, "From Python"),
+            Paragraph(
+                "The `pycounter` workload increments from Python code (one call per increment), "
+                "against counters from other packages (`peer:` strategies). "
+                "Time per increment as seen by one thread, mean +- std; lower is better."
+            ),
+            *blocks,
+        ]
+    return blocks
+
+
+def _comparison(files: Sequence[ResultFile]) -> list[Block]:
+    if len(files) < 2:
+        return []
+    reference = files[0]
+    blocks: list[Block] = [
+        Heading(2, "Comparison"),
+        Paragraph(
+            f"Each file against `{reference.label}`: ratio of throughputs (above 1: faster than "
+            f"`{reference.label}`) and Welch's t-test on pyperf's values (p < {stats.ALPHA})."
+        ),
+    ]
+    for other in files[1:]:
+        rows = []
+        for workload in order_workloads(p.workload for p in other.points):
+            for p in sorted(other.of(workload), key=lambda p: (strategy_rank(p.strategy), p.threads)):
+                ref = reference.get(workload, p.strategy, p.threads)
+                if ref is None:
+                    continue
+                test = stats.welch_test(ref.throughput_samples, p.throughput_samples)
+                verdict = "too few values" if test is None else (
+                    f"{'significant' if test[1] < stats.ALPHA else 'not significant'} (p={test[1]:.2g})"
+                )
+                rows.append([
+                    f"`{workload}`", f"`{p.strategy}`", str(p.threads),
+                    fmt.ops(ref.ops_mean), fmt.ops(p.ops_mean), fmt.ratio(p.ops_mean / ref.ops_mean), verdict,
+                ])
+        blocks.append(Heading(3, f"{other.label} vs {reference.label}"))
+        if rows:
+            blocks.append(Table(
+                ["workload", "strategy", "threads", reference.label, other.label, "ratio", "difference"],
+                rows, numeric={2, 3, 4, 5},
+            ))
+        else:
+            blocks.append(Paragraph("No point appears in both files."))
+    return blocks
+
+
+def build_document(files: Sequence[ResultFile], folder: Path, title: str) -> list[Block]:
+    """Draw the plots into folder and return the report's blocks."""
+    from percpu import __version__
+
+    colors = plots.StrategyColors(files)
+    blocks: list[Block] = [
+        Heading(1, title),
+        Paragraph(
+            f"Written by `percpu.report` {__version__} from "
+            + ", ".join(f"`{f.label}` ({f.path.name}, {fmt.plural(len(f.points), 'point')})" for f in files)
+            + "."
+        ),
+        Heading(2, "Findings"),
+    ]
+    findings = compute_findings(files)
+    blocks.append(Bullets(findings) if findings else Paragraph("No findings: too little data."))
+    blocks += _machine(files)
+
+    blocks.append(Heading(2, "Workloads"))
+    blocks.append(Paragraph(
+        "Throughput is all threads' operations per second: pyperf's value is the time of one "
+        "operation as seen by one thread, so throughput = threads / value. Mean +- standard "
+        "deviation over pyperf's values; speedups are throughput ratios at the same thread count, "
+        f"tested with Welch's t-test (p < {stats.ALPHA})."
+    ))
+    workloads = order_workloads(p.workload for f in files for p in f.points)
+    for workload in workloads:
+        blocks.append(Heading(3, workload))
+        blocks.append(Paragraph(_workload_params([p for f in files for p in f.of(workload)])))
+        name = f"throughput_{_safe(workload)}.png"
+        if plots.plot_throughput(files, workload, colors, folder / name):
+            what = "one line per (file, strategy)" if len(files) > 1 else "one line per strategy"
+            blocks.append(Figure(name, f"{workload}: throughput vs threads, {what}"))
+        name = f"speedup_{_safe(workload)}.png"
+        if plots.plot_speedup(files, workload, colors, folder / name):
+            blocks.append(Figure(name, f"{workload}: speedup over {baseline_for(workload)}"))
+        for f in files:
+            if f.of(workload):
+                if len(files) > 1:
+                    blocks.append(Paragraph(f"`{f.label}`:"))
+                blocks.append(_points_table(f, workload))
+
+    blocks.append(Heading(2, "Memory per object"))
+    if plots.plot_bytes(files, colors, folder / "bytes_per_object.png"):
+        blocks.append(Figure("bytes_per_object.png", "bytes per object by strategy"))
+        rows = [[label, f"`{w}`", f"`{s}`", what, f"{v:.4g}"] for label, w, s, what, v in plots.bytes_table(files)]
+        headers = ["file", "workload", "strategy", "measure", "bytes"]
+        if len(files) == 1:
+            headers, rows = headers[1:], [r[1:] for r in rows]
+        blocks.append(Table(headers, rows, numeric={len(headers) - 1}))
+    else:
+        blocks.append(Paragraph(
+            "No data: no point carries `percpu_bytes_per_object` or `percpu_bytes_per_entry`."
+        ))
+    dst = _dst_table(files)
+    if dst is not None:
+        blocks += [Paragraph("Route cache churn (`dst`):"), dst]
+
+    latency = _latency_table(files)
+    blocks.append(Heading(2, "netdev unregister latency"))
+    if latency is not None and plots.plot_latency(files, colors, folder / "netdev_unregister_latency.png"):
+        blocks.append(Figure("netdev_unregister_latency.png", "netdev: unregister latency (mean, bar to max)"))
+        blocks.append(latency)
+    else:
+        blocks.append(Paragraph("No data: no `netdev` point carries `percpu_unregister_latency_mean_us`."))
+
+    blocks += _python_tables(files)
+    blocks += _comparison(files)
+    return blocks
+
+
+def render(files: Sequence[ResultFile], folder: Path, title: str) -> list[str]:
+    """Write plots, report.md and index.html into folder; return the file names."""
+    blocks = build_document(files, folder, title)
+    (folder / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    (folder / "index.html").write_text(to_html(blocks, title, folder), encoding="utf-8")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _previous(out: Path) -> set[str]:
+    try:
+        lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return set()
+    # Only plain names: a manifest must never make us delete outside the folder.
+    return {n for n in lines if n and "/" not in n and n not in (".", "..")}
+
+
+def write_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    title: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[Path]:
+    """Read the results, then write the whole report into out; return the files written.
+
+    Every input is validated before anything is written, the report is drawn in a
+    temporary folder inside out, and the files are moved into place only once all
+    of them exist, index.html last: a failure leaves out as it was.
+    """
+    files = load_results(paths, labels)
+    out = Path(out)
+    if title is None:
+        title = "percpu benchmark report" + (": " + " vs ".join(f.label for f in files) if len(files) > 1 else "")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".percpu-report-", dir=out))
+    done = False
+    try:
+        names = render(files, tmp, title)
+        stale = _previous(out) - set(names)
+        (tmp / MANIFEST).write_text("\n".join(names) + "\n", encoding="utf-8")
+        for name in sorted(names, key=lambda n: n == "index.html"):
+            os.replace(tmp / name, out / name)
+        os.replace(tmp / MANIFEST, out / MANIFEST)
+        for name in stale:
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+        done = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done:
+            # A folder made for a report that failed (matplotlib missing, a
+            # full disk) goes too: no empty or partial report is left behind.
+            shutil.rmtree(out, ignore_errors=True)
+    return [out / n for n in names]

@@ -1,0 +1,302 @@
+"""percpu.workloads: the benchmark workloads, run by the native thread team.
+
+Each workload is a kernel parameterised by a strategy (which counter or which
+reference count it uses). ``run`` validates a request and hands it to the
+workload's kernel: ``percpu._workloads.run_<name>`` (the nogil kernels) when
+that exists, else the workload's own Python-level kernel, else a provisional
+stand-in. The registry is open: ``register`` adds a workload (for instance one
+whose strategies depend on what is installed, listed in ``unavailable``).
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+__all__ = [
+    "COUNTER_STRATEGIES",
+    "MAX_THREADS",
+    "PACKET_STRATEGIES",
+    "REF_STRATEGIES",
+    "WORKLOADS",
+    "Kernel",
+    "Workload",
+    "register",
+    "run",
+]
+
+#: Counter strategies, as in ``percpu.COUNTERS``.
+COUNTER_STRATEGIES: tuple[str, ...] = (
+    "atomic", "locked", "percpu", "perthread", "approx", "striped", "racy",
+)
+#: Reference-count strategies, as in ``percpu.REFS``.
+REF_STRATEGIES: tuple[str, ...] = ("atomic", "bigref", "percpu")
+#: ``NETDEV+DST``: the strategy of the device reference, then of the route's.
+PACKET_STRATEGIES: tuple[str, ...] = tuple(
+    f"{dev}+{dst}" for dev in REF_STRATEGIES for dst in REF_STRATEGIES
+)
+
+#: The thread registry has this many records; a team may not outgrow it.
+MAX_THREADS = 1024
+
+#: ``kernel(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.
+Kernel = Callable[[str, int, int, dict[str, int]], Mapping[str, Any]]
+
+# Figures every result carries; everything else a kernel reports is the
+# workload's own (unregister latency, bytes per entry, lost updates, ...).
+_STANDARD_KEYS = frozenset(
+    {"seconds", "wall_ns", "ops", "ops_per_sec", "threads", "workload", "strategy", "params"}
+)
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but True threads or False counters is a bug.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _listing(names: Iterable[object]) -> str:
+    return ", ".join(str(n) for n in names)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload: its strategies and its integer parameters with defaults.
+
+    ``minimums`` bounds each parameter from below (1 when not listed; 0 means
+    "never" for the ``*_every`` ones). ``unavailable`` names strategies that
+    exist but cannot run here, with the reason (``"not installed"``), so that
+    listings can say why they were skipped. ``kernel`` is a Python-level
+    kernel; left ``None``, ``percpu._workloads.run_<name>`` is used.
+    ``baseline`` is the strategy speedups are measured against.
+    """
+
+    name: str
+    description: str
+    strategies: tuple[str, ...]
+    params: Mapping[str, int]
+    minimums: Mapping[str, int] = field(default_factory=dict)
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    kernel: Kernel | None = None
+    baseline: str = "atomic"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ValueError(f"workload name must be a non-empty str without '/', not {self.name!r}")
+        strategies = tuple(self.strategies)
+        if not strategies and not self.unavailable:
+            raise ValueError(f"workload {self.name!r} has no strategies")
+        for s in strategies + tuple(self.unavailable):
+            if not isinstance(s, str) or not s or "/" in s:
+                raise ValueError(f"strategy names must be non-empty str without '/', not {s!r}")
+        if len(set(strategies)) != len(strategies):
+            raise ValueError(f"workload {self.name!r} lists a strategy twice")
+        for key, value in self.params.items():
+            if not _is_int(value):
+                raise ValueError(f"default of {self.name}.{key} must be an int, not {value!r}")
+        for key in self.minimums:
+            if key not in self.params:
+                raise ValueError(f"minimum given for unknown parameter {self.name}.{key}")
+        # Frozen means frozen: callers must not be able to edit the defaults
+        # of a registered workload behind the registry's back.
+        object.__setattr__(self, "strategies", strategies)
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "minimums", MappingProxyType(dict(self.minimums)))
+        object.__setattr__(self, "unavailable", MappingProxyType(dict(self.unavailable)))
+
+    def minimum(self, param: str) -> int:
+        """Smallest valid value of ``param``."""
+        return self.minimums.get(param, 1)
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register(workload: Workload, *, replace: bool = False) -> Workload:
+    """Add ``workload`` to ``WORKLOADS`` (``replace=True`` to redefine one)."""
+    if not isinstance(workload, Workload):
+        raise TypeError(f"expected a Workload, not {type(workload).__name__}")
+    if workload.name in WORKLOADS and not replace:
+        raise ValueError(f"workload {workload.name!r} is already registered")
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+register(Workload(
+    "stat",
+    "SNMP/MIB-style statistics: each op increments one of many counters; "
+    "now and then a reader sums one",
+    COUNTER_STRATEGIES,
+    {"counters": 64, "read_every": 1000},
+    minimums={"read_every": 0},
+))
+register(Workload(
+    "netdev",
+    "dev_hold/dev_put on one device; now and then it is unregistered "
+    "(killed, drained to zero, created again)",
+    REF_STRATEGIES,
+    {"unregister_every": 100000},
+    minimums={"unregister_every": 0},
+))
+register(Workload(
+    "dst",
+    "a route cache of reference-counted entries: look up, hold, drop; "
+    "churn replaces entries (atomic allocations)",
+    REF_STRATEGIES,
+    {"entries": 1024, "churn_every": 10000},
+    minimums={"churn_every": 0},
+))
+register(Workload(
+    "packet",
+    "tbench-like: a netdev hold/put, a dst lookup hold/put and other work "
+    "per op; strategies are NETDEV+DST",
+    PACKET_STRATEGIES,
+    {"work": 50, "entries": 1024, "unregister_every": 100000, "churn_every": 10000},
+    minimums={"work": 0, "unregister_every": 0, "churn_every": 0},
+    baseline="atomic+atomic",
+))
+
+
+def _check(workload_name: object, strategy: object, threads: object, ops: object,
+           params: Mapping[str, object]) -> tuple[Workload, dict[str, int]]:
+    if not _is_int(threads):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    if not _is_int(ops):
+        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
+    workload = WORKLOADS.get(workload_name) if isinstance(workload_name, str) else None
+    if workload is None:
+        raise ValueError(
+            f"unknown workload {workload_name!r}; valid: {_listing(WORKLOADS)}"
+        )
+    if strategy not in workload.strategies:
+        if isinstance(strategy, str) and strategy in workload.unavailable:
+            raise ValueError(
+                f"strategy {strategy!r} of workload {workload.name!r} cannot run here: "
+                f"{workload.unavailable[strategy]}"
+            )
+        raise ValueError(
+            f"unknown strategy {strategy!r} for workload {workload.name!r}; "
+            f"valid: {_listing(workload.strategies)}"
+        )
+    assert isinstance(threads, int) and isinstance(ops, int)
+    if not 0 < threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, not {ops}")
+    unknown = sorted(set(params) - set(workload.params))
+    if unknown:
+        valid = ", ".join(f"{k}={v}" for k, v in workload.params.items()) or "none"
+        raise ValueError(
+            f"unknown parameter(s) {_listing(unknown)} for workload {workload.name!r}; "
+            f"valid (with defaults): {valid}"
+        )
+    merged = dict(workload.params)
+    for key, value in params.items():
+        low = workload.minimum(key)
+        if not _is_int(value) or value < low:  # type: ignore[operator]
+            raise ValueError(
+                f"parameter {workload.name}.{key} must be an int >= {low}, not {value!r}"
+            )
+        merged[key] = int(value)  # type: ignore[call-overload]
+    return workload, merged
+
+
+def _native_kernel(name: str) -> Kernel | None:
+    """``percpu._workloads.run_<name>`` if the nogil kernels are built."""
+    try:
+        module = importlib.import_module("percpu._workloads")
+    except ImportError as exc:
+        # Only the module's own absence means "not built yet"; a failure
+        # inside it (a missing symbol, a broken dependency) must surface.
+        if exc.name != "percpu._workloads":
+            raise
+        return None
+    kernel = getattr(module, f"run_{name}", None)
+    return kernel if callable(kernel) else None
+
+
+# PROVISIONAL: stands in for percpu._workloads until the real nogil kernels
+# land (it is used only while percpu._workloads.run_<name> does not exist).
+# It times the native team running _core's self-test kernel, so the harness,
+# the CLI and the JSON can be exercised end to end; its figures describe the
+# team, not any strategy, and results say so (kernel="provisional").
+_PROVISIONAL_CHUNK = 1 << 16
+
+
+def _provisional_kernel(workload: str, strategy: str, threads: int, ops: int,
+                        params: dict[str, int]) -> dict[str, Any]:
+    from percpu._core import team_selftest
+
+    # The self-test loop compiles to a constant-time add and its wall_ns
+    # leaves out the thread starts, so it is timed from here, one team start
+    # per chunk: the time then grows with ops, which pyperf's loop
+    # calibration relies on.
+    done = 0
+    counted = 0
+    remaining = ops
+    t0 = time.perf_counter()
+    while True:
+        chunk = min(remaining, _PROVISIONAL_CHUNK)
+        res = team_selftest(threads, chunk)
+        done += sum(res["done"])
+        counted += sum(res["cells"])
+        remaining -= chunk
+        if remaining <= 0:
+            break
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {"seconds": seconds, "ops": done, "kernel": "provisional"}
+    if workload == "stat":
+        # Each thread counts in its own cell, so nothing may be lost; the
+        # check is real (expected - observed), only trivially satisfied.
+        result["lost_updates"] = threads * ops - counted
+        result["exact"] = int(counted == threads * ops)
+    return result
+
+
+def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict[str, Any]:
+    """Run workload ``name`` with ``strategy`` on ``threads`` native threads,
+    ``ops`` operations per thread.
+
+    Returns a dict with at least ``seconds`` (barrier release to the last
+    thread's finish), ``ops`` (all threads), ``ops_per_sec``, ``threads``,
+    ``workload``, ``strategy``, ``params`` (the parameters used, defaults
+    filled in), ``kernel`` (``native``, ``python`` or ``provisional``), plus
+    the workload's own figures (``unregister_latency_mean_us``,
+    ``bytes_per_entry``, ``lost_updates``, ``exact``, ...).
+
+    Raises ``TypeError`` when threads or ops is not an int, ``ValueError``
+    naming what is valid for an unknown workload, strategy or parameter, a
+    bad value, ``threads`` outside 1..MAX_THREADS or ``ops < 0``.
+    """
+    workload, merged = _check(name, strategy, threads, ops, params)
+    kernel = _native_kernel(workload.name)
+    source = "native"
+    if kernel is None and workload.kernel is not None:
+        kernel, source = workload.kernel, "python"
+    raw: Mapping[str, Any]
+    if kernel is not None:
+        raw = kernel(strategy, threads, ops, dict(merged))
+    else:
+        raw = _provisional_kernel(workload.name, strategy, threads, ops, dict(merged))
+    if not isinstance(raw, Mapping):
+        raise RuntimeError(f"kernel of {workload.name!r} returned {type(raw).__name__}, not a dict")
+    result: dict[str, Any] = {k: v for k, v in raw.items() if k not in _STANDARD_KEYS}
+    result.setdefault("kernel", source)
+    if "seconds" in raw:
+        seconds = float(raw["seconds"])
+    elif "wall_ns" in raw:
+        seconds = raw["wall_ns"] / 1e9
+    else:
+        raise RuntimeError(f"kernel of {workload.name!r} reported no time (seconds or wall_ns)")
+    total = int(raw.get("ops", threads * ops))
+    result.update(
+        seconds=seconds,
+        ops=total,
+        ops_per_sec=total / seconds if seconds > 0 else 0.0,
+        threads=threads,
+        workload=workload.name,
+        strategy=strategy,
+        params=merged,
+    )
+    return result
