@@ -7,6 +7,8 @@ is killed and the test fails. Both cpu-id paths run: rseq and the fallback.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .conftest import run_python
@@ -89,6 +91,10 @@ print("ok")
 
 
 LOCK_FREE = ("atomic", "percpu", "perthread", "striped")
+POOL_BUG = pytest.mark.xfail(strict=True, reason=(
+    "PerCPUPool's mutex (pc_pool.lock) may be held by a team thread at fork(); "
+    "nothing takes or resets it around fork, so the child's first alloc (a new "
+    "counter) blocks forever (see the report to the lead)"))
 MUTEX_BUG = pytest.mark.xfail(strict=True, reason=(
     "LockedCounter and ApproxCounter keep a pthread mutex that a team thread may "
     "hold at fork(); nothing takes or resets it around fork, so the child blocks "
@@ -98,7 +104,7 @@ MUTEX_BUG = pytest.mark.xfail(strict=True, reason=(
 @pytest.mark.parametrize("no_rseq", ["0", "1"], ids=["rseq", "fallback"])
 @pytest.mark.parametrize("busy,names", [
     pytest.param("counters", LOCK_FREE, id="lock-free-counters"),
-    pytest.param("pool", LOCK_FREE, id="pool"),
+    pytest.param("pool", LOCK_FREE, id="pool", marks=POOL_BUG),
     pytest.param("counters", ("locked", "approx"), id="mutex-counters", marks=MUTEX_BUG),
 ])
 def test_fork_while_native_threads_are_busy(no_rseq: str, busy: str, names: tuple[str, ...]) -> None:
@@ -127,7 +133,9 @@ def churn():
 t = threading.Thread(target=churn)
 t.start()
 results = []
-for i in range(10):
+# Up to 30 forks; the first child that fails ends the loop (a deadlock
+# costs the whole child timeout).
+for i in range(30):
     time.sleep(0.02)
     # The values are moving: the child takes what it finds, as a base.
     pid = os.fork()
@@ -140,13 +148,17 @@ for i in range(10):
             os._exit(1)
         os._exit(0)
     results.append(wait_child(pid))
+    if results[-1] != 0:
+        break
 stop.set()
 t.join()
 assert not errors, errors
-assert results == [0] * 10, results
+assert results == [0] * 30, results
 print("ok")
 """ % (busy, names)
     # approx with batch=1 folds (under its mutex) on every add: the window
     # the child can fall into is most of the time, not a rare one.
-    out = run_python(code, {"PERCPU_NO_RSEQ": no_rseq, "CHILD_TIMEOUT": "10"}, timeout=400)
+    # A healthy child is done in well under a second (more under ASan).
+    child_timeout = "30" if os.environ.get("PERCPU_SANITIZED") else "5"
+    out = run_python(code, {"PERCPU_NO_RSEQ": no_rseq, "CHILD_TIMEOUT": child_timeout}, timeout=400)
     assert out.strip() == "ok"
