@@ -101,6 +101,10 @@ MUTEX_BUG = pytest.mark.xfail(strict=True, reason=(
     "forever on its first add (see the report to the lead)"))
 
 
+@pytest.mark.skipif(bool(os.environ.get("PERCPU_SANITIZED")), reason=(
+    "under ASan a child forked while the team creates threads deadlocked once in ~50 "
+    "forks (never in 240 without it): gcc 12's libasan does not hold its own thread "
+    "registry lock across fork()"))
 @pytest.mark.parametrize("no_rseq", ["0", "1"], ids=["rseq", "fallback"])
 @pytest.mark.parametrize("busy,names", [
     pytest.param("counters", LOCK_FREE, id="lock-free-counters"),
