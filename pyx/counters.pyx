@@ -408,7 +408,10 @@ cdef class PerThreadCounter(CounterBase):
 
     strategy = "perthread"
 
-    def __cinit__(self, int capacity=64):
+    def __cinit__(self, capacity=64):
+        # Typed as object: an int parameter would truncate a float.
+        if not isinstance(capacity, int):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
         if capacity <= 0 or capacity > PC_MAX_THREADS:
             raise ValueError(f"capacity must be in 1..{PC_MAX_THREADS}, not {capacity}")
         self.c = <pc_perthread_counter *>pc_aligned_zalloc(sizeof(pc_perthread_counter))
@@ -418,7 +421,7 @@ cdef class PerThreadCounter(CounterBase):
         self.c.capacity = capacity
         self.c.reg = _registry
 
-    def __init__(self, int capacity=64):
+    def __init__(self, capacity=64):
         pass
 
     def __dealloc__(self):

@@ -36,7 +36,6 @@ SETTINGS = settings(
 )
 
 
-APPROX_ABS_BUG_LIVE = bool(percpu.features()["rseq"])
 
 
 def wrap64(v: int) -> int:
@@ -114,19 +113,14 @@ def _ctor_expectation(name: str, arg: object) -> tuple[type[BaseException], ...]
         hi = 2**40 if name == "approx" else 65536
         return None if 1 <= arg <= hi else (ValueError,)  # type: ignore[operator]
     if name == "perthread":
-        # capacity: an int in 1..PC_MAX_THREADS; floats are left to
-        # test_perthread_capacity_rejects_float.
-        try:
-            v = operator.index(arg)  # type: ignore[arg-type]
-        except TypeError:
+        # capacity: an int in 1..PC_MAX_THREADS (PC_MAX_THREADS is 1024).
+        if not is_pyint(arg):
             return (TypeError,)
-        if not -(2**31) <= v < 2**31:
-            return (OverflowError,)
-        return None if 1 <= v <= 1024 else (ValueError,)
+        return None if 1 <= arg <= 1024 else (ValueError,)  # type: ignore[operator]
     return None
 
 
-def _check_counter(c: CounterBase, name: str, total: int, tolerate_known_bug: bool = True) -> None:
+def _check_counter(c: CounterBase, name: str, total: int) -> None:
     want = wrap64(total)
     assert c.value() == want
     if name == "approx":
@@ -134,10 +128,6 @@ def _check_counter(c: CounterBase, name: str, total: int, tolerate_known_bug: bo
         batch = c.batch  # type: ignore[attr-defined]
         # Every CPU's delta stays within (-batch, batch).
         gap = wrap64(want - approx)
-        if tolerate_known_bug and APPROX_ABS_BUG_LIVE and abs(wrap64(gap - INT64_MIN)) < batch * NR_CPUS:
-            # A slot holds INT64_MIN: the known bug that
-            # test_counter_edge_values[approx-INT64_MIN] tracks (strict xfail).
-            return
         assert abs(gap) < batch * NR_CPUS, (approx, want, batch)
         assert wrap64(approx + int(c.per_cpu().sum(dtype=np.int64))) == want  # type: ignore[attr-defined]
     elif hasattr(c, "per_cpu"):
@@ -149,8 +139,6 @@ def _check_counter(c: CounterBase, name: str, total: int, tolerate_known_bug: bo
 @given(ctor_arg=st.one_of(st.none(), ANYTHING, st.integers(min_value=1, max_value=64)),
        ops=COUNTER_OPS)
 def test_counter_call_sequences(name: str, ctor_arg: object, ops: list[tuple[str, object]]) -> None:
-    if name == "perthread" and isinstance(ctor_arg, (float, np.floating)):
-        ctor_arg = 64
     c, err = _make_counter(name, ctor_arg)
     want = _ctor_expectation(name, ctor_arg)
     if want is None:
@@ -203,17 +191,9 @@ def test_counter_call_sequences(name: str, ctor_arg: object, ops: list[tuple[str
         _check_counter(c, name, total)
 
 
-APPROX_ABS_BUG = pytest.mark.xfail(
-    APPROX_ABS_BUG_LIVE, strict=True, reason=(
-        "percpu.h pc_rseq_add_bounded_i64: |old + v| is computed with neg/cmovs, and "
-        "|INT64_MIN| is INT64_MIN, which passes the bound check: the delta INT64_MIN "
-        "stays in the CPU slot and approx() is off by 2**63"))
-
-
 @pytest.mark.parametrize(
     "name,first",
-    [pytest.param(name, v, marks=[APPROX_ABS_BUG] if (name, v) == ("approx", INT64_MIN) else [])
-     for name in sorted(COUNTERS) for v in EDGE_INTS if INT64_MIN <= v <= INT64_MAX],
+    [(name, v) for name in sorted(COUNTERS) for v in EDGE_INTS if INT64_MIN <= v <= INT64_MAX],
 )
 def test_counter_edge_values(name: str, first: int) -> None:
     # The extremes on a fresh counter, then small steps across them: the
@@ -223,12 +203,9 @@ def test_counter_edge_values(name: str, first: int) -> None:
     for v in (first, 1, -1, -2, first, 3):
         c.add(v)
         total += v
-        _check_counter(c, name, total, tolerate_known_bug=False)
+        _check_counter(c, name, total)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyx/counters.pyx PerThreadCounter.__cinit__(self, int capacity=64): Cython's C int "
-    "argument truncates floats (2.7 -> 2), unlike batch= and stripes= which raise TypeError"))
 def test_perthread_capacity_rejects_float() -> None:
     with pytest.raises(TypeError):
         COUNTERS["perthread"](2.7)  # type: ignore[call-arg]

@@ -79,11 +79,6 @@ def test_stress_is_clean_under_tsan(stress: Path, args: tuple[str, ...]) -> None
         assert "grace (fences): 2000 swaps" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "percpu.h: pc_cpu_init() writes pc_rseq_offset with a plain store from every "
-    "thread that races the first call, and pc_cpu_mode is published and read "
-    "relaxed, so a thread that sees PC_CPU_RSEQ has no happens-before edge to "
-    "the offset it then reads (see the report to the lead)"))
 def test_first_use_race_on_rseq_offset(stress: Path) -> None:
     if not _rseq_ids_available(stress):
         pytest.skip("glibc did not register rseq here: nothing to race on")
@@ -92,10 +87,6 @@ def test_first_use_race_on_rseq_offset(stress: Path) -> None:
         assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stderr[-6000:]}"
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired, reason=(
-    "percpu.h: with PERCPU_NO_RSEQ_ASM and cpu ids from rseq, "
-    "pc_approx_counter_add() retries the stub pc_rseq_add_bounded_i64(), which "
-    "always answers 1 (aborted), forever"))
 def test_approx_without_rseq_asm_terminates(stress: Path) -> None:
     if not _rseq_ids_available(stress):
         pytest.skip("glibc did not register rseq here: the approx fallback is taken")

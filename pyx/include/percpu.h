@@ -181,6 +181,7 @@ static inline int pc_nr_cpus(void) {
 
 enum {
     PC_CPU_UNINIT = 0,
+    PC_CPU_INITIALISING = -1, /* one thread is deciding; the others wait */
     PC_CPU_RSEQ = 1,      /* glibc registered rseq; cpu_id read from its area */
     PC_CPU_GETCPU = 2,    /* sched_getcpu() (vDSO) */
     PC_CPU_THREAD = 3     /* neither: a per-thread index, modulo nr_cpus */
@@ -210,9 +211,21 @@ static int pc_env_no_rseq(void) {
 
 /* Decides once per module where cpu ids come from. Looking the glibc symbols
  * up with dlsym (instead of linking them) keeps the module loadable on glibc
- * older than 2.35, where it simply uses the fallback. */
+ * older than 2.35, where it simply uses the fallback.
+ *
+ * One thread wins the CAS from UNINIT, writes pc_rseq_offset and publishes
+ * the mode with a release store; every reader of the mode uses acquire, so a
+ * thread that sees PC_CPU_RSEQ also sees the offset (plain loads on x86). */
 static PC_COLD int pc_cpu_init(void) {
-    int mode = PC_CPU_THREAD;
+    int mode = PC_CPU_UNINIT, spins = 0;
+    if (!pc_cas_i32(&pc_cpu_mode, &mode, PC_CPU_INITIALISING, PC_ACQUIRE, PC_ACQUIRE)) {
+        while ((mode = pc_load_i32(&pc_cpu_mode, PC_ACQUIRE)) == PC_CPU_INITIALISING) {
+            if (++spins < 100) pc_cpu_relax();
+            else sched_yield();
+        }
+        return mode;
+    }
+    mode = PC_CPU_THREAD;
     if (!pc_env_no_rseq()) {
 #if defined(__x86_64__)
         const ptrdiff_t *off = (const ptrdiff_t *)dlsym(RTLD_DEFAULT, "__rseq_offset");
@@ -227,14 +240,13 @@ static PC_COLD int pc_cpu_init(void) {
     }
     if (mode != PC_CPU_RSEQ && sched_getcpu() >= 0) mode = PC_CPU_GETCPU;
     (void)pc_nr_cpus();
-    /* Initialisers racing here store the same value. */
-    pc_store_i32(&pc_cpu_mode, mode, PC_RELAXED);
+    pc_store_i32(&pc_cpu_mode, mode, PC_RELEASE);
     return mode;
 }
 
 static inline int pc_cpu_source(void) {
-    int mode = pc_load_i32(&pc_cpu_mode, PC_RELAXED);
-    return PC_LIKELY(mode != PC_CPU_UNINIT) ? mode : pc_cpu_init();
+    int mode = pc_load_i32(&pc_cpu_mode, PC_ACQUIRE);
+    return PC_LIKELY(mode > PC_CPU_UNINIT) ? mode : pc_cpu_init();
 }
 
 static PC_COLD int pc_thread_slot_assign(void) {
@@ -460,7 +472,8 @@ static PC_COLD void pc_percpu_add_slow(char *base, size_t stride, int64_t v) {
 
 /* this_cpu_add(): adds v to the current CPU's int64 slot at base + cpu*stride. */
 static inline void pc_percpu_add(char *base, size_t stride, int64_t v) {
-    if (PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_RELAXED) == PC_CPU_RSEQ) &&
+    /* Acquire: pairs with pc_cpu_init's release (see there). */
+    if (PC_HAVE_RSEQ_ASM && PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_ACQUIRE) == PC_CPU_RSEQ) &&
         PC_LIKELY(pc_rseq_add_i64(base, stride, v) == 0))
         return;
     pc_percpu_add_slow(base, stride, v);
@@ -800,12 +813,12 @@ static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
         pc_approx_counter_fold(c, v);
         return;
     }
-    if (PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_RELAXED) == PC_CPU_RSEQ)) {
+    if (PC_LIKELY(pc_rseq_live())) {
         int r;
         while ((r = pc_rseq_add_bounded_i64(c->base, c->stride, v, c->batch)) == 1) {
         }
         if (PC_LIKELY(r == 0)) return;
-    } else if (pc_cpu_source() != PC_CPU_RSEQ) {
+    } else {
         int64_t *slot = (int64_t *)(c->base + (size_t)pc_current_cpu() * c->stride);
         int64_t old = pc_load_i64(slot, PC_RELAXED);
         /* CAS keeps the delta within the batch even with several threads
@@ -813,10 +826,6 @@ static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
         while (old + v < c->batch && old + v > -c->batch) {
             if (pc_cas_i64(slot, &old, old + v, PC_RELAXED, PC_RELAXED)) return;
         }
-    } else {
-        /* First call in this module: the mode was just initialised. */
-        pc_approx_counter_add(c, v);
-        return;
     }
     pc_approx_counter_fold(c, v);
 }
