@@ -25,6 +25,9 @@ import operator
 
 cnp.import_array()
 
+# The process-wide registry: pools list their locks there for fork.
+cdef pc_registry *_registry = pc_registry_import()
+
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
 
@@ -148,6 +151,7 @@ cdef int _pool_init(pc_pool *p, size_t unit_size) noexcept nogil:
     if p.blocks == NULL:
         return -1
     pthread_mutex_init(&p.lock, NULL)
+    pc_fork_track(_registry, &p.fork, &p.lock, NULL)
     return 0
 
 
@@ -164,6 +168,7 @@ cdef void _pool_destroy(pc_pool *p) noexcept nogil:
         free(p.blocks)
     for b in range(p.nretired):
         free(p.retired[b])
+    pc_fork_untrack(_registry, &p.fork)
     pthread_mutex_destroy(&p.lock)
 
 
@@ -445,6 +450,7 @@ cdef int _naive_init(pc_naive *p) noexcept nogil:
         p.objs = NULL
         return -1
     pthread_mutex_init(&p.lock, NULL)
+    pc_fork_track(_registry, &p.fork, &p.lock, NULL)
     return 0
 
 
@@ -467,6 +473,7 @@ cdef void _naive_destroy(pc_naive *p) noexcept nogil:
     free(p.free_slots)
     for i in range(p.nretired):
         free(p.retired[i])
+    pc_fork_untrack(_registry, &p.fork)
     pthread_mutex_destroy(&p.lock)
 
 

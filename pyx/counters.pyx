@@ -47,18 +47,25 @@ cdef extern from "percpu.h" nogil:
 
 cdef extern from *:
     """
-    static int pc_locked_counter_init(pc_locked_counter *c) {
+    /* The mutex counters' locks are tracked for fork (see pc_fork_node). */
+    static int pc_locked_counter_init(pc_locked_counter *c, pc_registry *reg) {
         c->value = 0;
-        return pthread_mutex_init(&c->lock, NULL);
+        if (pthread_mutex_init(&c->lock, NULL)) return -1;
+        pc_fork_track(reg, &c->fork, &c->lock, NULL);
+        return 0;
     }
-    static void pc_locked_counter_fini(pc_locked_counter *c) {
+    static void pc_locked_counter_fini(pc_locked_counter *c, pc_registry *reg) {
+        pc_fork_untrack(reg, &c->fork);
         pthread_mutex_destroy(&c->lock);
     }
-    static int pc_approx_counter_init(pc_approx_counter *c) {
+    static int pc_approx_counter_init(pc_approx_counter *c, pc_registry *reg) {
         c->count = 0;
-        return pthread_mutex_init(&c->lock, NULL);
+        if (pthread_mutex_init(&c->lock, NULL)) return -1;
+        pc_fork_track(reg, &c->fork, &c->lock, NULL);
+        return 0;
     }
-    static void pc_approx_counter_fini(pc_approx_counter *c) {
+    static void pc_approx_counter_fini(pc_approx_counter *c, pc_registry *reg) {
+        pc_fork_untrack(reg, &c->fork);
         pthread_mutex_destroy(&c->lock);
     }
     static void *pc_aligned_zalloc(size_t size) {
@@ -100,10 +107,10 @@ cdef extern from *:
         *done = ops;
     }
     """
-    int pc_locked_counter_init(pc_locked_counter *c) nogil
-    void pc_locked_counter_fini(pc_locked_counter *c) nogil
-    int pc_approx_counter_init(pc_approx_counter *c) nogil
-    void pc_approx_counter_fini(pc_approx_counter *c) nogil
+    int pc_locked_counter_init(pc_locked_counter *c, pc_registry *reg) nogil
+    void pc_locked_counter_fini(pc_locked_counter *c, pc_registry *reg) nogil
+    int pc_approx_counter_init(pc_approx_counter *c, pc_registry *reg) nogil
+    void pc_approx_counter_fini(pc_approx_counter *c, pc_registry *reg) nogil
     void *pc_aligned_zalloc(size_t size) nogil
     enum:
         PC_K_ATOMIC, PC_K_LOCKED, PC_K_PERCPU, PC_K_PERTHREAD, PC_K_APPROX, PC_K_STRIPED, PC_K_RACY
@@ -287,11 +294,14 @@ cdef class LockedCounter(CounterBase):
     def __cinit__(self):
         self.c = <pc_locked_counter *>pc_aligned_zalloc(sizeof(pc_locked_counter))
         _check_cell(self.c)
-        pc_locked_counter_init(self.c)
+        if pc_locked_counter_init(self.c, _registry) != 0:
+            free(self.c)
+            self.c = NULL
+            raise MemoryError("percpu: cannot create a mutex")
 
     def __dealloc__(self):
         if self.c != NULL:
-            pc_locked_counter_fini(self.c)
+            pc_locked_counter_fini(self.c, _registry)
             free(self.c)
 
     cdef void _add(self, int64_t v) noexcept nogil:
@@ -486,7 +496,10 @@ cdef class ApproxCounter(CounterBase):
             b = batch
         self.c = <pc_approx_counter *>pc_aligned_zalloc(sizeof(pc_approx_counter))
         _check_cell(self.c)
-        pc_approx_counter_init(self.c)
+        if pc_approx_counter_init(self.c, _registry) != 0:
+            free(self.c)
+            self.c = NULL
+            raise MemoryError("percpu: cannot create a mutex")
         self.c.batch = b
         self.pool = default_pool() if pool is None else pool
         self.handle = _pool_slot(self.pool, False)
@@ -500,7 +513,7 @@ cdef class ApproxCounter(CounterBase):
         if self.handle >= 0:
             pcpool_free(self.pool.c, self.handle)
         if self.c != NULL:
-            pc_approx_counter_fini(self.c)
+            pc_approx_counter_fini(self.c, _registry)
             free(self.c)
 
     @property

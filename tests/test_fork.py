@@ -91,14 +91,6 @@ print("ok")
 
 
 LOCK_FREE = ("atomic", "percpu", "perthread", "striped")
-POOL_BUG = pytest.mark.xfail(strict=True, reason=(
-    "PerCPUPool's mutex (pc_pool.lock) may be held by a team thread at fork(); "
-    "nothing takes or resets it around fork, so the child's first alloc (a new "
-    "counter) blocks forever (see the report to the lead)"))
-MUTEX_BUG = pytest.mark.xfail(strict=True, reason=(
-    "LockedCounter and ApproxCounter keep a pthread mutex that a team thread may "
-    "hold at fork(); nothing takes or resets it around fork, so the child blocks "
-    "forever on its first add (see the report to the lead)"))
 
 
 @pytest.mark.skipif(bool(os.environ.get("PERCPU_SANITIZED")), reason=(
@@ -108,8 +100,8 @@ MUTEX_BUG = pytest.mark.xfail(strict=True, reason=(
 @pytest.mark.parametrize("no_rseq", ["0", "1"], ids=["rseq", "fallback"])
 @pytest.mark.parametrize("busy,names", [
     pytest.param("counters", LOCK_FREE, id="lock-free-counters"),
-    pytest.param("pool", LOCK_FREE, id="pool", marks=POOL_BUG),
-    pytest.param("counters", ("locked", "approx"), id="mutex-counters", marks=MUTEX_BUG),
+    pytest.param("pool", LOCK_FREE, id="pool"),
+    pytest.param("counters", ("locked", "approx"), id="mutex-counters"),
 ])
 def test_fork_while_native_threads_are_busy(no_rseq: str, busy: str, names: tuple[str, ...]) -> None:
     # A Python thread runs the native team (GIL released) on shared objects

@@ -526,6 +526,19 @@ typedef struct {
 
 enum { PC_MB_NONE = 0, PC_MB_EXPEDITED = 1, PC_MB_EXPEDITED_RSEQ = 2 };
 
+/* Fork safety. fork() copies only the calling thread: a lock that another
+ * thread held at that moment stays held in the child forever. Every lock of a
+ * live pool, counter or reference is listed here; around fork() the forking
+ * thread takes them all (percpu._core's pthread_atfork handlers), so the child
+ * starts with each one free and the parent's state consistent. Nothing holds
+ * one of these locks while taking another, or while taking the list's lock,
+ * so taking them all in list order cannot deadlock. */
+typedef struct pc_fork_node {
+    struct pc_fork_node *prev, *next;
+    pthread_mutex_t *mutex;   /* a mutex to take around fork, or NULL */
+    int32_t *spin;            /* or a 0/1 spinlock */
+} pc_fork_node;
+
 typedef struct {
     pthread_mutex_t lock;
     pthread_key_t key;
@@ -533,8 +546,31 @@ typedef struct {
     int32_t live;        /* records in use */
     int32_t membarrier;  /* which PC_MB_* registrations succeeded */
     int32_t grace_periods;
+    pthread_mutex_t fork_lock;  /* guards fork_head's list */
+    pc_fork_node fork_head;     /* circular; initialised by percpu._core */
     pc_thread_rec recs[PC_MAX_THREADS];
 } pc_registry;
+
+static void pc_fork_track(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *mutex,
+                          int32_t *spin) {
+    n->mutex = mutex;
+    n->spin = spin;
+    pthread_mutex_lock(&reg->fork_lock);
+    n->next = reg->fork_head.next;
+    n->prev = &reg->fork_head;
+    n->next->prev = n;
+    reg->fork_head.next = n;
+    pthread_mutex_unlock(&reg->fork_lock);
+}
+
+static void pc_fork_untrack(pc_registry *reg, pc_fork_node *n) {
+    if (!n->next) return; /* never tracked */
+    pthread_mutex_lock(&reg->fork_lock);
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->next = n->prev = NULL;
+    pthread_mutex_unlock(&reg->fork_lock);
+}
 
 static PC_TLS pc_thread_rec *pc_tls_rec;
 
@@ -709,6 +745,7 @@ static inline void pc_racy_counter_add(pc_cell *c, int64_t v) {
 typedef struct {
     pthread_mutex_t lock;
     int64_t value;
+    pc_fork_node fork;
 } PC_CACHELINE_ALIGNED pc_locked_counter;
 
 static inline void pc_locked_counter_add(pc_locked_counter *c, int64_t v) {
@@ -783,6 +820,7 @@ typedef struct {
     char *base;           /* per-CPU deltas, as in pc_percpu_counter */
     size_t stride;
     int64_t batch;
+    pc_fork_node fork;
 } PC_CACHELINE_ALIGNED pc_approx_counter;
 
 static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {

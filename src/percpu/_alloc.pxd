@@ -11,6 +11,8 @@
 # A freed handle's position may be handed out again, like a pointer.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+from percpu.cpercpu cimport pc_fork_node
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -27,6 +29,7 @@ cdef struct pc_block:
 
 cdef struct pc_pool:
     pthread_mutex_t lock    # guards everything below except the immutable geometry
+    pc_fork_node fork       # lists lock for the fork handlers (percpu.h)
     # geometry, fixed at creation
     size_t unit_size        # power of two, >= PC_CACHELINE
     int unit_shift          # log2(unit_size)
@@ -58,6 +61,7 @@ cdef struct pc_pool:
 
 cdef struct pc_naive:
     pthread_mutex_t lock
+    pc_fork_node fork
     int nr_cpus
     size_t max_size
     char ***objs            # objs[h]: the object's nr_cpus copies (NULL: free slot);

@@ -71,6 +71,9 @@ cdef extern from "percpu.h" nogil:
         int32_t index
         int32_t in_use
 
+    ctypedef struct pc_fork_node:
+        pass
+
     ctypedef struct pc_registry:
         int32_t high_water
         int32_t live
@@ -82,6 +85,8 @@ cdef extern from "percpu.h" nogil:
     void pc_section_enter(pc_registry *reg, pc_thread_rec *rec)
     void pc_section_exit(pc_thread_rec *rec)
     void pc_synchronize(pc_registry *reg)
+    void pc_fork_track(pc_registry *reg, pc_fork_node *n, void *mutex, int32_t *spin)
+    void pc_fork_untrack(pc_registry *reg, pc_fork_node *n)
     bint pc_refs_rseq(const pc_registry *reg)
 
     ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
