@@ -539,6 +539,7 @@ def test_no_rseq_membarrier_means_no_rseq_refs(tmp_path: Path) -> None:
             assert res["bad"] == 0 and res["releases"] == 1 and res["value_killed"] == 12, res
         print("ok")
         """,
-        {"LD_PRELOAD": str(lib)},
+        # After any preloaded runtime (a sanitizer's must come first).
+        {"LD_PRELOAD": f"{os.environ.get('LD_PRELOAD', '')} {lib}".strip()},
     )
     assert out.strip() == "ok"

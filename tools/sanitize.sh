@@ -42,16 +42,14 @@ built=$(date +%s)
 # leaks of our objects are measured by tests/test_leaks.py instead.
 # PYTHONMALLOC=malloc sends Python's small objects through malloc too, so
 # ASan sees every buffer (ours included) with its own redzones.
-# tests/test_bench.py is left out: pyperf starts its workers with a scrubbed
-# environment (the harness passes on PERCPU_* only), so they lose LD_PRELOAD
-# and the sanitized modules refuse to load. The workloads those workers run
-# are exercised in-process by tests/test_workloads*.py.
+# The benchmark harness passes LD_PRELOAD and the sanitizer options on to
+# pyperf's workers, so tests/test_bench.py runs sanitized too.
 set +e
 env LD_PRELOAD="$asan $ubsan" \
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$logs/asan:strict_string_checks=1" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
     PYTHONMALLOC=malloc PYTHONPATH=src PERCPU_SANITIZED=address,undefined \
-    "$py" -m pytest -q -p no:cacheprovider --ignore=tests/test_bench.py "$@"
+    "$py" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 end=$(date +%s)

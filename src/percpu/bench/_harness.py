@@ -335,7 +335,12 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
     # Workers start with a scrubbed environment: they must see the library's
     # settings (PERCPU_NO_RSEQ, ...) that the parent saw.
     inherit = list(args.inherit_environ or [])
-    inherit += sorted(k for k in os.environ if k.startswith("PERCPU_") and k not in inherit)
+    # The sanitizer runtime and its options too: a sanitized build cannot load
+    # in a worker that lost LD_PRELOAD.
+    passed = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "PYTHONMALLOC")
+    inherit += sorted(
+        k for k in os.environ if (k.startswith("PERCPU_") or k in passed) and k not in inherit
+    )
     args.inherit_environ = inherit or None
 
     interrupts = _Interrupts()
