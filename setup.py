@@ -36,6 +36,20 @@ class build_py_with_header(build_py):
         shutil.copy(HERE / "pyx" / "include" / "percpu.h", dest / "percpu.h")
 
 
+def render_templates():
+    """pyx/<name>.pyx.in (Cython's Tempita) -> pyx/<name>.pyx, when newer."""
+    from Cython import Tempita
+
+    for template in (HERE / "pyx").glob("*.pyx.in"):
+        target = template.with_suffix("")
+        if target.exists() and target.stat().st_mtime >= template.stat().st_mtime:
+            continue
+        text = Tempita.Template(template.read_text(), name=str(template)).substitute()
+        target.write_text(text)
+
+
+render_templates()
+
 extensions = [
     Extension(
         f"percpu._{name}",
