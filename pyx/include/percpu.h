@@ -176,6 +176,13 @@ static inline int pc_nr_cpus(void) {
     return n;
 }
 
+/* Whether this build has the rseq critical sections (x86-64 inline asm). */
+#if defined(__x86_64__) && !defined(PERCPU_NO_RSEQ_ASM)
+#define PC_HAVE_RSEQ_ASM 1
+#else
+#define PC_HAVE_RSEQ_ASM 0
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Current CPU: rseq area, sched_getcpu(), or a per-thread index             */
 
@@ -197,6 +204,10 @@ struct pc_rseq_abi {
 
 static int pc_cpu_mode;          /* one of PC_CPU_*, per module */
 static ptrdiff_t pc_rseq_offset; /* glibc's __rseq_offset from the thread pointer */
+/* The same offset where the counter fast path may run rseq sections, else 0
+ * (the rseq area never sits at the thread pointer itself). The value is its
+ * own payload, so the fast path reads it relaxed: one load, no ordering. */
+static int64_t pc_rseq_fast_offset;
 static int pc_next_thread_slot;
 static PC_TLS int pc_tls_thread_slot = -1;
 
@@ -240,6 +251,8 @@ static PC_COLD int pc_cpu_init(void) {
     }
     if (mode != PC_CPU_RSEQ && sched_getcpu() >= 0) mode = PC_CPU_GETCPU;
     (void)pc_nr_cpus();
+    if (PC_HAVE_RSEQ_ASM && mode == PC_CPU_RSEQ)
+        pc_store_i64(&pc_rseq_fast_offset, (int64_t)pc_rseq_offset, PC_RELAXED);
     pc_store_i32(&pc_cpu_mode, mode, PC_RELEASE);
     return mode;
 }
@@ -308,8 +321,7 @@ static inline const char *pc_cpu_source_name(void) {
  * signature (0x53053053, encoded as the operand of an ud1 so that it can never
  * be executed by falling into it).
  */
-#if defined(__x86_64__) && !defined(PERCPU_NO_RSEQ_ASM)
-#define PC_HAVE_RSEQ_ASM 1
+#if PC_HAVE_RSEQ_ASM
 
 #define PC_RSEQ_CS_BEGIN                                                       \
     ".pushsection __rseq_cs, \"aw\"\n\t"                                       \
@@ -331,9 +343,15 @@ static inline const char *pc_cpu_source_name(void) {
     "jmp %l[abort]\n\t"                                                        \
     ".popsection\n\t"
 
-/* Adds v to the current CPU's slot base + cpu * stride. Returns 0 when done,
- * 1 when the section was aborted (nothing written; the caller retries). */
-static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
+/* The slots as the asm's memory operand: a type of their own, so that type-
+ * based alias analysis knows the section cannot write a size_t or a pointer
+ * (a counter's stride and base stay in registers across a loop of adds). */
+struct pc_slot_mem { int64_t v; };
+
+/* Adds v to the current CPU's slot base + cpu * stride, given the rseq area's
+ * offset. Returns 0 when done, 1 when the section was aborted (nothing
+ * written; the caller retries). */
+static inline int pc_rseq_add_i64_at(ptrdiff_t off, char *base, size_t stride, int64_t v) {
     /* No "memory" clobber: a counter add orders nothing, and naming the
      * slots as the asm's in/out memory operand ("+m": it reads and writes
      * them, so no value the compiler knows of a slot survives the asm) lets
@@ -344,14 +362,17 @@ static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
                  "imulq %[stride], %%rax\n\t"
                  "addq %[v], (%[base], %%rax)\n\t"
                  PC_RSEQ_CS_END
-                 : "+m"(*(int64_t(*)[])(void *)base)
-                 : [off] "r"(pc_rseq_offset), [stride] "r"(stride), [base] "r"(base),
-                   [v] "r"(v)
+                 : "+m"(*(struct pc_slot_mem(*)[])(void *)base)
+                 : [off] "r"(off), [stride] "r"(stride), [base] "r"(base), [v] "r"(v)
                  : "rax", "cc"
                  : abort);
     return 0;
 abort:
     return 1;
+}
+
+static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
+    return pc_rseq_add_i64_at(pc_rseq_offset, base, stride, v);
 }
 
 /* The same, but only while *mode == 0 (the per-CPU mode of a reference);
@@ -430,13 +451,16 @@ abort:
     return 1;
 }
 #else
-#define PC_HAVE_RSEQ_ASM 0
 static inline int pc_rseq_add_bounded_i64(char *base, size_t stride, int64_t v, int64_t bound) {
     (void)base; (void)stride; (void)v; (void)bound;
     return 1;
 }
 static inline int pc_rseq_take_i64(char *base, size_t stride, int64_t v, int64_t *out) {
     (void)base; (void)stride; (void)v; (void)out;
+    return 1;
+}
+static inline int pc_rseq_add_i64_at(ptrdiff_t off, char *base, size_t stride, int64_t v) {
+    (void)off; (void)base; (void)stride; (void)v;
     return 1;
 }
 static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
@@ -472,10 +496,10 @@ static PC_COLD void pc_percpu_add_slow(char *base, size_t stride, int64_t v) {
 
 /* this_cpu_add(): adds v to the current CPU's int64 slot at base + cpu*stride. */
 static inline void pc_percpu_add(char *base, size_t stride, int64_t v) {
-    /* Acquire: pairs with pc_cpu_init's release (see there). */
-    if (PC_HAVE_RSEQ_ASM && PC_LIKELY(pc_load_i32(&pc_cpu_mode, PC_ACQUIRE) == PC_CPU_RSEQ) &&
-        PC_LIKELY(pc_rseq_add_i64(base, stride, v) == 0))
+    ptrdiff_t off = (ptrdiff_t)pc_load_i64(&pc_rseq_fast_offset, PC_RELAXED);
+    if (PC_LIKELY(off != 0) && PC_LIKELY(pc_rseq_add_i64_at(off, base, stride, v) == 0))
         return;
+    /* Not decided yet in this module, no rseq, or aborted. */
     pc_percpu_add_slow(base, stride, v);
 }
 
