@@ -478,42 +478,35 @@ ctypedef fused DstKind:
     _RPercpu
 
 
-cdef inline int _dev_get(DevKind *t, pc_ref *r) noexcept nogil:
-    if DevKind is _RAtomic:
+# One definition per operation: a kernel's DevKind or DstKind tag is a
+# concrete type inside each specialisation, which picks the matching one here.
+ctypedef fused RefKind:
+    _RAtomic
+    _RBig
+    _RPercpu
+
+
+cdef inline int _ref_get(RefKind *t, pc_ref *r) noexcept nogil:
+    if RefKind is _RAtomic:
         return atomicref_get(r)
-    elif DevKind is _RBig:
+    elif RefKind is _RBig:
         return bigref_get(r)
     else:
         return percpuref_get(r)
 
-cdef inline int _dev_put(DevKind *t, pc_ref *r) noexcept nogil:
-    if DevKind is _RAtomic:
+cdef inline int _ref_put(RefKind *t, pc_ref *r) noexcept nogil:
+    if RefKind is _RAtomic:
         return atomicref_put(r)
-    elif DevKind is _RBig:
+    elif RefKind is _RBig:
         return bigref_put(r)
     else:
         return percpuref_put(r)
 
-cdef inline int _dev_tryget(DevKind *t, pc_ref *r) noexcept nogil:
-    if DevKind is _RAtomic:
+cdef inline int _ref_tryget(RefKind *t, pc_ref *r) noexcept nogil:
+    # percpu_ref users take tryget_live: a dying object is refused at once.
+    if RefKind is _RAtomic:
         return atomicref_tryget(r)
-    elif DevKind is _RBig:
-        return bigref_tryget(r)
-    else:
-        return percpuref_tryget_live(r)
-
-cdef inline int _dst_put(DstKind *t, pc_ref *r) noexcept nogil:
-    if DstKind is _RAtomic:
-        return atomicref_put(r)
-    elif DstKind is _RBig:
-        return bigref_put(r)
-    else:
-        return percpuref_put(r)
-
-cdef inline int _dst_tryget(DstKind *t, pc_ref *r) noexcept nogil:
-    if DstKind is _RAtomic:
-        return atomicref_tryget(r)
-    elif DstKind is _RBig:
+    elif RefKind is _RBig:
         return bigref_tryget(r)
     else:
         return percpuref_tryget_live(r)
@@ -610,18 +603,18 @@ cdef Obj *_dev_switch(DevKind *t, RefJob *job, Obj *held) noexcept nogil:
     """The device was unregistered: drop our reference on it (a put that may
     release it) and take one on the current device."""
     cdef Obj *d
-    if held != NULL and _dev_put(t, &held.ref) < 0:
+    if held != NULL and _ref_put(t, &held.ref) < 0:
         job.bad += 1
     while True:
         # Acquire: pairs with the release store of a new device, so its
         # ref_init is visible before we touch it.
         d = <Obj *>pc_load_ptr(<void **>&job.cur, PC_ACQUIRE)
-        if _dev_tryget(t, &d.ref):
+        if _ref_tryget(t, &d.ref):
             # Still registered? Otherwise let it go (atomic and bigref
             # tryget succeed on a killed device that still has holders).
             if <Obj *>pc_load_ptr(<void **>&job.cur, PC_ACQUIRE) == d:
                 return d
-            if _dev_put(t, &d.ref) < 0:
+            if _ref_put(t, &d.ref) < 0:
                 job.bad += 1
         pc_cpu_relax()
 
@@ -662,7 +655,7 @@ cdef inline Obj *_dst_hold(DstKind *t, RefJob *job, uint64_t flow) noexcept nogi
     while True:
         # Acquire: pairs with churn's exchange, which publishes the entry.
         e = <Obj *>pc_load_ptr(<void **>slot, PC_ACQUIRE)
-        if PC_LIKELY(_dst_tryget(t, &e.ref)):
+        if PC_LIKELY(_ref_tryget(t, &e.ref)):
             return e
         # Killed under us: churn has already put its replacement there.
 
@@ -737,13 +730,13 @@ cdef inline void _netdev_loop(DevKind *t, RefJob *job, int tid, int64_t ops,
         if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
             held = _dev_switch(t, job, held)
         # dev_hold/dev_put; we hold a reference, so neither may fail or release.
-        bad += _dev_get(t, &held.ref) != 0
-        bad += _dev_put(t, &held.ref) != 0
+        bad += _ref_get(t, &held.ref) != 0
+        bad += _ref_put(t, &held.ref) != 0
         _quiescent(job, qs, &seq)
         if PC_UNLIKELY(i + 1 == next_unreg):
             held = _unregister(t, job, held)
             next_unreg += every
-    if _dev_put(t, &held.ref) < 0:
+    if _ref_put(t, &held.ref) < 0:
         bad += 1
     # Release: everything this thread did comes before the grace period's
     # acquire skips it.
@@ -764,7 +757,7 @@ cdef inline void _dst_loop(DstKind *t, RefJob *job, int tid, int64_t ops,
     for i in range(ops):
         e = _dst_hold(t, job, _xorshift(&rng))
         # May release (a churned entry we held last): that is fine, < 0 is not.
-        bad += _dst_put(t, &e.ref) < 0
+        bad += _ref_put(t, &e.ref) < 0
         _quiescent(job, qs, &seq)
         if PC_UNLIKELY(i + 1 == next_churn):
             _churn(t, job, tid)
@@ -789,11 +782,11 @@ cdef inline void _packet_loop(DevKind *dt, DstKind *st, RefJob *job, int tid, in
     for i in range(ops):
         if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
             held = _dev_switch(dt, job, held)
-        bad += _dev_get(dt, &held.ref) != 0          # the skb takes the device
+        bad += _ref_get(dt, &held.ref) != 0          # the skb takes the device
         e = _dst_hold(st, job, _xorshift(&rng))     # route lookup, dst_hold
         x = pc_wl_work(x, work)                     # the rest of the stack
-        bad += _dst_put(st, &e.ref) < 0
-        bad += _dev_put(dt, &held.ref) != 0
+        bad += _ref_put(st, &e.ref) < 0
+        bad += _ref_put(dt, &held.ref) != 0
         _quiescent(job, qs, &seq)
         if PC_UNLIKELY(i + 1 == next_unreg):
             held = _unregister(dt, job, held)
@@ -801,7 +794,7 @@ cdef inline void _packet_loop(DevKind *dt, DstKind *st, RefJob *job, int tid, in
         if PC_UNLIKELY(i + 1 == next_churn):
             _churn(st, job, tid)
             next_churn += ce
-    if _dev_put(dt, &held.ref) < 0:
+    if _ref_put(dt, &held.ref) < 0:
         bad += 1
     pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
     job.sinks[tid] = x
