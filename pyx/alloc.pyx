@@ -1077,7 +1077,7 @@ cdef dict _run_team(object pool, int threads, long long ops, size_t size, pc_ker
     arg.nonzero = buf + 2 * threads
     arg.failures = buf + 3 * threads
     try:
-        wall_ns = pc_run_team(fn, &arg, threads, ops, buf)
+        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, False)
         return {
             "threads": threads,
             "ops": ops,

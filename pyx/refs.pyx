@@ -667,7 +667,7 @@ cdef int _run_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg, int64_t
     if done == NULL:
         raise MemoryError()
     try:
-        wall = pc_run_team(fn, arg, threads, ops, done)
+        wall = pc_run_team(fn, arg, threads, ops, done, False)
         if total != NULL:
             total[0] = 0
             for i in range(threads):

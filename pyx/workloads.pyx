@@ -110,7 +110,7 @@ cdef dict _params(params, dict defaults, dict minimums):
 cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
                        int64_t *done) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
-    return pc_run_team(fn, arg, threads, ops, done)
+    return pc_run_team(fn, arg, threads, ops, done, False)
 
 
 cdef dict _result(int64_t wall_ns, int64_t total, int threads):

@@ -109,7 +109,7 @@ cdef inline pc_registry *pc_registry_import() except NULL:
 
 
 cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
-                                int64_t *done=NULL, bint pin=False) except -1:
+                                int64_t *done, bint pin) except -1:
     """Runs ``fn`` on ``threads`` native threads, ``ops`` each, without the GIL
     (call it holding the GIL). ``done`` (``threads`` entries) receives each
     thread's completed ops, or NULL. Returns the wall time in ns, from the
