@@ -533,7 +533,7 @@ def test_no_rseq_membarrier_means_no_rseq_refs(tmp_path: Path) -> None:
         from percpu import _refs
         f = percpu.features()
         assert f["rseq"] is True and f["membarrier"] == "expedited", f
-        assert _refs.fast_path() == "sections", _refs.fast_path()
+        assert _refs.fast_path() == "sections" and percpu.refs.fast_path() == "sections"
         for kind in ("bigref", "percpu"):
             res = _refs._stress_exact(kind, 4, 20000, 3, flip_every=4)
             assert res["bad"] == 0 and res["releases"] == 1 and res["value_killed"] == 12, res

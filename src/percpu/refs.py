@@ -9,7 +9,7 @@ once, from the thread that drops the last one::
 """
 from __future__ import annotations
 
-from percpu._refs import AtomicRef, BigRef, PercpuRef
+from percpu._refs import AtomicRef, BigRef, PercpuRef, fast_path
 
 #: The strategies by name, as the benchmarks and the tests know them.
 REFS: dict[str, type[AtomicRef] | type[BigRef] | type[PercpuRef]] = {
@@ -18,4 +18,4 @@ REFS: dict[str, type[AtomicRef] | type[BigRef] | type[PercpuRef]] = {
     "percpu": PercpuRef,
 }
 
-__all__ = ["REFS", "AtomicRef", "BigRef", "PercpuRef"]
+__all__ = ["REFS", "AtomicRef", "BigRef", "PercpuRef", "fast_path"]
