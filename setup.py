@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
-MODULES = ["core", "alloc", "counters", "refs", "workloads"]
+MODULES = ["core", "alloc", "counters", "refs", "lab", "workloads"]
 DEBUG = os.environ.get("PERCPU_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("PERCPU_SANITIZE", "")
 
@@ -27,13 +27,13 @@ directives = {"boundscheck": DEBUG, "wraparound": DEBUG, "initializedcheck": DEB
 
 
 class build_py_with_header(build_py):
-    """Ships pyx/include/percpu.h inside the package for users who cimport."""
+    """Ships pyx/include/ (percpu.h and the headers it includes) inside the
+    package for users who cimport."""
 
     def run(self):
         super().run()
         dest = Path(self.build_lib) / "percpu" / "include"
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(HERE / "pyx" / "include" / "percpu.h", dest / "percpu.h")
+        shutil.copytree(HERE / "pyx" / "include", dest, dirs_exist_ok=True)
 
 
 def render_templates():
