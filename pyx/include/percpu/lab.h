@@ -23,7 +23,9 @@ static inline uint64_t pc_wl_work(uint64_t x, int64_t units) {
 
 /* The team kernel of the tests and benchmarks: one loop per strategy, so
  * that the strategy's inline add is compiled into its loop and the
- * choice is made once per run. mixed: every fourth op is -1. */
+ * choice is made once per run. mixed: every fourth op is -1. The loop runs
+ * in rounds of PC_TEAM_POLL ops and stops early when the team's time is up
+ * (duration_ns); *done is the number of ops completed. */
 enum { PC_K_ATOMIC, PC_K_LOCKED, PC_K_PERCPU, PC_K_PERTHREAD, PC_K_APPROX,
        PC_K_STRIPED, PC_K_RACY };
 typedef struct { int kind; int mixed; void *c; } pc_counter_job;
@@ -31,15 +33,18 @@ typedef struct { int kind; int mixed; void *c; } pc_counter_job;
 #define PC_COUNTER_LOOP(ADD, T)                                            \
     do {                                                                   \
         T *c = (T *)job->c;                                                \
-        if (job->mixed)                                                    \
-            for (i = 0; i < ops; i++) ADD(c, (i & 3) == 3 ? -1 : 1);       \
-        else                                                               \
-            for (i = 0; i < ops; i++) ADD(c, 1);                           \
+        for (i = 0; i < ops && !pc_team_expired();) {                      \
+            int64_t end = ops - i < PC_TEAM_POLL ? ops : i + PC_TEAM_POLL; \
+            if (job->mixed)                                                \
+                for (; i < end; i++) ADD(c, (i & 3) == 3 ? -1 : 1);        \
+            else                                                           \
+                for (; i < end; i++) ADD(c, 1);                            \
+        }                                                                  \
     } while (0)
 
 static void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
     pc_counter_job *job = (pc_counter_job *)arg;
-    int64_t i;
+    int64_t i = 0;
     (void)tid;
     switch (job->kind) {
     case PC_K_ATOMIC: PC_COUNTER_LOOP(pc_atomic_counter_add, pc_cell); break;
@@ -50,7 +55,7 @@ static void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
     case PC_K_STRIPED: PC_COUNTER_LOOP(pc_striped_counter_add, pc_striped_counter); break;
     case PC_K_RACY: PC_COUNTER_LOOP(pc_racy_counter_add, pc_cell); break;
     }
-    *done = ops;
+    *done = i;
 }
 
 #endif /* PERCPU_LAB_H */
