@@ -13,12 +13,12 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from percpu.cpercpu cimport *
-from percpu._team cimport pc_kernel_fn, pc_run_team
+from percpu._team cimport PC_TEAM_POLL, pc_kernel_fn, pc_run_team, pc_team_expired
 from percpu._alloc cimport (GRANULE, NaivePool, PerCPUPool, pc_naive, pc_pool, naive_alloc, naive_free,
                             naive_ptr, pcpool_alloc, pcpool_free, pcpool_ptr, pcpool_stride)
 from percpu._counters cimport (
     ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
-    RacyCounter, StripedCounter)
+    RacyCounter, StripedCounter, pc_cell, pc_cell_read)
 from percpu._refs cimport *
 
 cdef extern from "percpu/lab.h" nogil:
@@ -35,6 +35,44 @@ cdef void _call_noexcept(object fn) noexcept:
     # An exception here has nowhere to go: it is reported through
     # sys.unraisablehook, like one from a release callback.
     fn()
+
+
+cdef inline bint _time_up(int64_t i) noexcept nogil:
+    # The team's deadline, polled once every PC_TEAM_POLL iterations.
+    return (i & (PC_TEAM_POLL - 1)) == 0 and pc_team_expired()
+
+
+# The canary of a kernel: a count of its iterations that is read when an
+# iteration starts and written (plus one) when it ends, with no atomicity.
+# It loses an update whenever another thread finished an iteration in
+# between, so a loss proves the threads interleaved mid-operation; nothing
+# lost means the run cannot have shown a race either. Relaxed loads and
+# stores: racy by design, as pc_racy_counter_add, but well defined.
+cdef inline int64_t _canary_begin(pc_cell *c) noexcept nogil:
+    return pc_load_i64(&c.value, PC_RELAXED)
+
+
+cdef inline void _canary_end(pc_cell *c, int64_t seen) noexcept nogil:
+    pc_store_i64(&c.value, seen + 1, PC_RELAXED)
+
+
+# ---------------------------------------------------------------------------
+# Mutation testing
+
+def _mutants() -> dict:
+    """The known-bad variants of percpu/mutant.h: ``built`` (whether this
+    build has them, PERCPU_MUTANTS=1), ``names``, and ``active``: the one
+    PERCPU_MUTANT selects in this process, or None."""
+    cdef int i
+    active = None
+    for i in range(1, PC_MUT_COUNT):
+        if pc_mutant(i):
+            active = pc_mutant_names[i].decode()
+    return {
+        "built": bool(PC_MUTANTS_BUILT),
+        "names": [pc_mutant_names[i].decode() for i in range(1, PC_MUT_COUNT)],
+        "active": active,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -103,28 +141,48 @@ cdef void *_state(CounterBase counter):
 
 
 def hammer(CounterBase counter not None, int threads, long long ops, bint mixed=False,
-           bint pin=False):
+           bint pin=False, long long run_ns=0, long long interrupt_ns=0):
     """Run ``ops`` adds per thread on ``threads`` native threads (GIL released),
     each add inlined in a loop specialised for the counter's strategy.
 
-    ``mixed``: every fourth op subtracts 1 instead of adding it, so the
-    expected total is ``threads * (ops - 2 * (ops // 4))``; otherwise
-    ``threads * ops``. Returns ``{"wall_ns", "ns_per_op", "expected"}``:
-    ``ns_per_op`` is wall time per op per thread.
+    ``run_ns`` > 0: each thread stops once that long has passed since the
+    start (checked every 1024 ops), ``ops`` being the cap, so that a run
+    lasts long enough for its threads to be preempted mid-add.
+    ``interrupt_ns`` > 0: each thread is interrupted every ``interrupt_ns``
+    by a signal whose handler yields the CPU: a preemption at a random
+    point, which aborts an rseq section in flight (the retry paths run) and
+    lets another thread on that CPU run in the middle of an add.
+
+    ``mixed``: every fourth op (``i % 4 == 3``) subtracts 1 instead of adding
+    it. Returns ``{"wall_ns", "ns_per_op", "done", "expected"}``: ``done`` is
+    each thread's count of ops, ``expected`` the total they add up to
+    (``n - 2 * (n // 4)`` for a mixed thread that did ``n``), ``ns_per_op``
+    the wall time per op of the busiest thread.
     """
     kind = _KINDS.get(type(counter))
     if kind is None:
         raise TypeError(f"hammer() needs one of the percpu counters, not {type(counter).__name__}")
+    if threads <= 0 or threads > PC_MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
     cdef pc_counter_job job
     job.kind = kind
     job.mixed = mixed
     job.c = _state(counter)
-    cdef int64_t wall_ns = pc_run_team(pc_counter_kernel, &job, threads, ops, NULL, pin)
-    per_thread = ops - 2 * (ops // 4) if mixed else ops
+    cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
+    if done == NULL:
+        raise MemoryError()
+    try:
+        wall_ns = pc_run_team(pc_counter_kernel, &job, threads, ops, done, pin, run_ns,
+                              interrupt_ns)
+        per_thread = [done[i] for i in range(threads)]
+    finally:
+        free(done)
+    most = max(per_thread)
     return {
         "wall_ns": wall_ns,
-        "ns_per_op": wall_ns / ops if ops else 0.0,
-        "expected": threads * per_thread,
+        "ns_per_op": wall_ns / most if most else 0.0,
+        "done": per_thread,
+        "expected": sum([n - 2 * (n // 4) if mixed else n for n in per_thread]),
     }
 
 
@@ -241,17 +299,19 @@ cdef void _pool_stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) no
 
 cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef TeamArg *a = <TeamArg *>arg
-    cdef int64_t i
+    cdef int64_t i = 0
     # Two counters packed next to each other in the same units: each CPU's
     # pair shares a line, which only that CPU writes.
-    for i in range(ops):
+    while i < ops and not _time_up(i):
         pc_percpu_add(a.counter_base, a.counter_stride, 1)
         pc_percpu_add(a.counter_base + 8, a.counter_stride, 2)
-    done[0] = ops
+        i += 1
+    done[0] = i
 
 
 cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_kernel_fn fn,
-                    char *counter_base=NULL, size_t counter_stride=0):
+                    char *counter_base=NULL, size_t counter_stride=0, int64_t run_ns=0,
+                    int64_t interrupt_ns=0):
     if threads <= 0:
         raise ValueError(f"threads must be > 0, not {threads}")
     if ops < 0:
@@ -283,7 +343,7 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     arg.nonzero = buf + 2 * threads
     arg.failures = buf + 3 * threads
     try:
-        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, False)
+        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, False, run_ns, interrupt_ns)
         return {
             "threads": threads,
             "ops": ops,
@@ -305,10 +365,13 @@ def _stress(pool, int threads, long long ops, size_t size=64) -> dict:
     return _pool_team(pool, threads, ops, size, _pool_stress_kernel)
 
 
-def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
+def _percpu_add_stress(PerCPUPool pool, int threads, long long ops, long long run_ns=0,
+                       long long interrupt_ns=0) -> dict:
     """Test helper: two int64 per-CPU counters packed in one 16-byte object,
-    bumped by pc_percpu_add (rseq or its fallback) from native threads.
-    Returns the sums of both and of the untouched neighbour object."""
+    bumped by pc_percpu_add (rseq or its fallback) from native threads, ``ops``
+    times each (or until ``run_ns``; ``interrupt_ns`` as for hammer()).
+    Returns the sums of both and of the untouched neighbour object, and
+    ``done``: each thread's count of op pairs."""
     cdef int64_t h = pcpool_alloc(pool.c, 16, 8, False)
     cdef int64_t neighbour = pcpool_alloc(pool.c, 8, 8, False)
     if h < 0 or neighbour < 0:
@@ -316,7 +379,8 @@ def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
     cdef char *base = pcpool_ptr(pool.c, h, 0)
     cdef size_t stride = pcpool_stride(pool.c)
     try:
-        r = _pool_team(pool, threads, ops, 8, _percpu_add_kernel, base, stride)
+        r = _pool_team(pool, threads, ops, 8, _percpu_add_kernel, base, stride, run_ns,
+                       interrupt_ns)
         r["first"] = pc_percpu_sum(base, stride)
         r["second"] = pc_percpu_sum(base + 8, stride)
         r["neighbour"] = pc_percpu_sum(pcpool_ptr(pool.c, neighbour, 0), stride)
@@ -330,26 +394,19 @@ def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
 # ---------------------------------------------------------------------------
 # References under native threads
 
-cdef int _ref_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg, int64_t *wall_ns,
-                   int64_t *total) except -1:
-    cdef int i
-    cdef int64_t wall
+cdef list _ref_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg,
+                    int64_t run_ns=0, int64_t interrupt_ns=0):
+    """Runs a reference kernel on the team; returns each thread's done count."""
     if threads <= 0 or threads > PC_MAX_THREADS:
         raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
     cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
     if done == NULL:
         raise MemoryError()
     try:
-        wall = pc_run_team(fn, arg, threads, ops, done, False)
-        if total != NULL:
-            total[0] = 0
-            for i in range(threads):
-                total[0] += done[i]
+        pc_run_team(fn, arg, threads, ops, done, False, run_ns, interrupt_ns)
+        return [done[i] for i in range(threads)]
     finally:
         free(done)
-    if wall_ns != NULL:
-        wall_ns[0] = wall
-    return 0
 
 
 cdef struct _StressArg:
@@ -363,6 +420,7 @@ cdef struct _StressArg:
     int64_t kill_rc
     int32_t killed
     void *py_cb
+    pc_cell canary      # see _canary_begin
 
 
 cdef void _stress_release(void *ctx) noexcept nogil:
@@ -380,10 +438,11 @@ cdef void _stress_release(void *ctx) noexcept nogil:
 cdef void _ref_stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef _StressArg *a = <_StressArg *>arg
     cdef pc_ref *r = &a.ref
-    cdef int64_t i, got = 0, refused = 0, bad = 0
+    cdef int64_t i, seen, got = 0, refused = 0, bad = 0
     cdef bint live_op = r.kind == PCREF_PERCPU
     cdef int rc
     for i in range(ops):
+        seen = _canary_begin(&a.canary)
         if tid == 0 and i == a.kill_at:
             # Seq_cst, before the kill: a refusal seen by a thread that then
             # reads 0 here happened while the reference was live (a bug).
@@ -415,17 +474,22 @@ cdef void _ref_stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) noe
             if not pc_load_i32(&a.killed, PC_SEQ_CST):
                 # Refused before the kill began: the initial reference was held.
                 bad += 1
+        _canary_end(&a.canary, seen)
     pc_fetch_add_i64(&a.got, got, PC_RELAXED)
     pc_fetch_add_i64(&a.refused, refused, PC_RELAXED)
     pc_fetch_add_i64(&a.bad, bad, PC_RELAXED)
     done[0] = ops
 
 
-def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_callback=None) -> dict:
+def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_callback=None,
+                 long long interrupt_ns=0) -> dict:
     """N native threads tryget/get/put/put in a loop; thread 0 kills the
     reference at iteration kill_at (the controller kills it afterwards when
     kill_at >= ops). Returns the counts the test checks: releases (must be 1),
-    bad (premature release, refused tryget while live, failed get/put: 0)."""
+    bad (premature release, refused tryget while live, failed get/put: 0),
+    got and refused (trygets), and canary_lost: how many of the iterations
+    the kernel's racy count of them lost (> 0 proves that the threads
+    interleaved mid-iteration; see _canary_begin)."""
     cdef _StressArg *a = <_StressArg *>calloc(1, sizeof(_StressArg))
     cdef int k = ref_kind_of(kind)
     cdef int rc
@@ -441,7 +505,7 @@ def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_cal
         a.kill_rc = -100
         a.py_cb = <void *>py_callback if py_callback is not None else NULL
         try:
-            _ref_team(threads, ops, _ref_stress_kernel, a, NULL, NULL)
+            done = _ref_team(threads, ops, _ref_stress_kernel, a, 0, interrupt_ns)
             if kill_at >= ops or kill_at < 0:
                 with nogil:
                     a.kill_rc = ref_kill(&a.ref)
@@ -454,6 +518,7 @@ def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_cal
                 "released": bool(ref_released(&a.ref)),
                 "value": ref_value(&a.ref),
                 "is_zero": bool(ref_is_zero(&a.ref)),
+                "canary_lost": sum(done) - pc_cell_read(&a.canary),
             }
         finally:
             ref_destroy(&a.ref)
@@ -464,10 +529,14 @@ def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_cal
 cdef struct _ExactArg:
     pc_ref ref
     int64_t keep
+    int64_t keep_at
+    int64_t kept
     int64_t flip_every
     int64_t bad
     int64_t flips
+    int64_t strays      # slots found non-zero outside per-CPU mode
     int64_t releases
+    pc_cell canary      # as in _StressArg
 
 
 cdef void _count_release(void *ctx) noexcept nogil:
@@ -477,9 +546,10 @@ cdef void _count_release(void *ctx) noexcept nogil:
 cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef _ExactArg *a = <_ExactArg *>arg
     cdef pc_ref *r = &a.ref
-    cdef int64_t i, j, bad = 0, flips = 0
+    cdef int64_t i = 0, j, seen, bad = 0, flips = 0, strays = 0
     cdef int step
-    for i in range(ops):
+    while i < ops and not _time_up(i):
+        seen = _canary_begin(&a.canary)
         if tid == 0 and a.flip_every > 0 and i % a.flip_every == 0 and r.kind == PCREF_PERCPU:
             step = <int>((i // a.flip_every) % 3)
             flips += 1
@@ -487,6 +557,12 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
                 if ref_switch_to_atomic(r) != 0:
                     bad += 1
             elif step == 1:
+                # Shared since step 0: its fold emptied the slots, and the
+                # grace period before it let no add in flight land after it,
+                # so they are still empty. An add that did is not lost (the
+                # next fold takes it) but was missing from the count meanwhile.
+                if pc_percpu_sum(r.base, r.stride) != 0:
+                    strays += 1
                 if ref_switch_to_percpu(r) != 0:
                     bad += 1
             else:
@@ -495,6 +571,8 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
                     bad += 1
                 if ref_kill(r) != 0:
                     bad += 1
+                if pc_percpu_sum(r.base, r.stride) != 0:
+                    strays += 1  # as at step 1, for the kill's fold
                 if percpuref_tryget_live(r) != 0:
                     bad += 1
                 if ref_resurrect(r) != 0:
@@ -509,21 +587,33 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
             bad += 1
         if ref_put(r) != 0:
             bad += 1
-        if i == ops // 2:
+        if i == a.keep_at:
             for j in range(a.keep):
                 if ref_get(r) != 0:
                     bad += 1
+            pc_fetch_add_i64(&a.kept, a.keep, PC_RELAXED)
+        _canary_end(&a.canary, seen)
+        i += 1
     pc_fetch_add_i64(&a.bad, bad, PC_RELAXED)
     pc_fetch_add_i64(&a.flips, flips, PC_RELAXED)
-    done[0] = ops
+    pc_fetch_add_i64(&a.strays, strays, PC_RELAXED)
+    done[0] = i
 
 
-def _stress_exact(str kind, int threads, long long ops, long long keep, long long flip_every=0) -> dict:
+def _stress_exact(str kind, int threads, long long ops, long long keep, long long flip_every=0,
+                  long long run_ns=0, long long interrupt_ns=0) -> dict:
     """Balanced get/tryget/put/put loops on N native threads, each keeping
     `keep` extra references from the middle of its run; thread 0 of a
     PercpuRef cycles switch_to_atomic / switch_to_percpu / kill+resurrect every
     `flip_every` ops. Then value(), kill, and putting the kept references back
-    one by one: the counts must be exact and the last put must release."""
+    one by one: the counts must be exact and the last put must release.
+
+    ``run_ns`` > 0: the threads stop that long after the start (``ops`` is
+    the cap) and take their kept references after 1024 iterations;
+    ``interrupt_ns`` as for hammer(). Returns, besides the checks, ``done``
+    (each thread's iterations), ``kept`` (extra references the threads
+    took), ``strays`` (thread 0 found a slot non-zero outside per-CPU mode:
+    an add landed after a fold) and ``canary_lost`` (see _stress_kill)."""
     cdef _ExactArg *a = <_ExactArg *>calloc(1, sizeof(_ExactArg))
     cdef int k = ref_kind_of(kind)
     cdef int64_t i, kept, value_before, value_killed
@@ -537,11 +627,12 @@ def _stress_exact(str kind, int threads, long long ops, long long keep, long lon
         if rc != 0:
             raise MemoryError(f"ref_init failed ({rc})")
         a.keep = keep
+        a.keep_at = PC_TEAM_POLL if run_ns > 0 else ops // 2
         a.flip_every = flip_every
         try:
-            _ref_team(threads, ops, _exact_kernel, a, NULL, NULL)
+            done = _ref_team(threads, ops, _exact_kernel, a, run_ns, interrupt_ns)
             value_before = ref_value(&a.ref)
-            kept = <int64_t>threads * keep if ops > 0 else 0
+            kept = a.kept
             with nogil:
                 kill_rc = ref_kill(&a.ref)
             value_killed = ref_value(&a.ref)
@@ -556,6 +647,9 @@ def _stress_exact(str kind, int threads, long long ops, long long keep, long lon
             return {
                 "bad": a.bad,
                 "flips": a.flips,
+                "strays": a.strays,
+                "done": done,
+                "kept": kept,
                 "value_before": value_before,
                 "value_killed": value_killed,
                 "kill_rc": kill_rc,
@@ -564,6 +658,7 @@ def _stress_exact(str kind, int threads, long long ops, long long keep, long lon
                 "put_errors": errors,
                 "releases": a.releases,
                 "released": bool(ref_released(&a.ref)),
+                "canary_lost": sum(done) - pc_cell_read(&a.canary),
             }
         finally:
             ref_destroy(&a.ref)
@@ -577,13 +672,15 @@ cdef struct _TeamArg:
     int64_t puts
     int64_t released
     int64_t errors
+    pc_cell canary      # as in _StressArg
 
 
 cdef void _team_refops_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef _TeamArg *a = <_TeamArg *>arg
-    cdef int64_t i, j, released = 0, errors = 0
+    cdef int64_t i = 0, j, seen, released = 0, errors = 0
     cdef int rc
-    for i in range(ops):
+    while i < ops and not _time_up(i):
+        seen = _canary_begin(&a.canary)
         for j in range(a.gets):
             if ref_get(a.ref) != 0:
                 errors += 1
@@ -593,22 +690,28 @@ cdef void _team_refops_kernel(void *arg, int tid, int64_t ops, int64_t *done) no
                 errors += 1
             elif rc == 1:
                 released += 1
+        _canary_end(&a.canary, seen)
+        i += 1
     pc_fetch_add_i64(&a.released, released, PC_RELAXED)
     pc_fetch_add_i64(&a.errors, errors, PC_RELAXED)
-    done[0] = ops
+    done[0] = i
 
 
-def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long long puts=1) -> dict:
-    """Each of N native threads does `ops` times: `gets` get(), then `puts`
-    put() on ref (its Python release callback then runs on a native thread).
-    Returns how many puts released it and how many calls failed."""
+def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long long puts=1,
+                 long long run_ns=0, long long interrupt_ns=0) -> dict:
+    """Each of N native threads does `ops` times (or until ``run_ns``;
+    ``interrupt_ns`` as for hammer()): `gets` get(), then `puts` put() on ref
+    (its Python release callback then runs on a native thread). Returns how
+    many puts released it, how many calls failed, ``done`` (each thread's
+    rounds) and ``canary_lost`` (see _stress_kill)."""
     cdef _TeamArg a
     memset(&a, 0, sizeof(a))
     a.ref = &ref.c
     a.gets = gets
     a.puts = puts
-    _ref_team(threads, ops, _team_refops_kernel, &a, NULL, NULL)
-    return {"released": a.released, "errors": a.errors}
+    done = _ref_team(threads, ops, _team_refops_kernel, &a, run_ns, interrupt_ns)
+    return {"released": a.released, "errors": a.errors, "done": done,
+            "canary_lost": sum(done) - pc_cell_read(&a.canary)}
 
 
 # Measurements: one kernel per strategy with the fast path inlined.

@@ -69,6 +69,34 @@ def test_team_bad_arguments() -> None:
         _lab.team_selftest(0, 10)
     with pytest.raises(ValueError):
         _lab.team_selftest(2, -1)
+    for bad in ({"run_ns": -1}, {"interrupt_ns": -1}):
+        with pytest.raises(ValueError):
+            _lab.hammer(percpu.AtomicCounter(), 2, 10, **bad)
+
+
+def test_team_runs_until_its_deadline() -> None:
+    # Time-bounded: no thread stops before the deadline while it has ops
+    # left, and what the threads report doing is what they added.
+    c = percpu.AtomicCounter()
+    r = _lab.hammer(c, 2, 1 << 50, run_ns=10_000_000)
+    assert r["wall_ns"] >= 10_000_000
+    assert c.value() == sum(r["done"]) == r["expected"] > 0
+
+
+def test_team_ops_cap_a_deadline_run() -> None:
+    # The cap comes first when it is small (the run does not wait out the hour).
+    c = percpu.AtomicCounter()
+    r = _lab.hammer(c, 3, 5_000, mixed=True, run_ns=3600 * 10**9)
+    assert r["done"] == [5_000] * 3
+    assert c.value() == r["expected"] == 3 * (5_000 - 2 * (5_000 // 4))
+
+
+def test_team_interruptions_change_no_result() -> None:
+    # The interrupt signal's handler pauses the thread and returns: loops
+    # carry on exactly (one thread, so nothing can race).
+    c = percpu.AtomicCounter()
+    r = _lab.hammer(c, 1, 1 << 50, run_ns=20_000_000, interrupt_ns=100_000)
+    assert c.value() == r["done"][0] > 0
 
 
 def test_synchronize_counts_grace_periods() -> None:

@@ -14,23 +14,53 @@ class TeamResult(TypedDict):
 class HammerResult(TypedDict):
     wall_ns: int
     ns_per_op: float
+    done: list[int]
     expected: int
 
+class MutantInfo(TypedDict):
+    built: bool
+    names: list[str]
+    active: str | None
+
+def _mutants() -> MutantInfo: ...
 def team_selftest(threads: int, ops: int, pin: bool = ...) -> TeamResult: ...
 def hammer(
-    counter: CounterBase, threads: int, ops: int, mixed: bool = ..., pin: bool = ...
+    counter: CounterBase,
+    threads: int,
+    ops: int,
+    mixed: bool = ...,
+    pin: bool = ...,
+    run_ns: int = ...,
+    interrupt_ns: int = ...,
 ) -> HammerResult: ...
 def _stress(pool: PerCPUPool | NaivePool, threads: int, ops: int, size: int = 64) -> dict[str, Any]: ...
-def _percpu_add_stress(pool: PerCPUPool, threads: int, ops: int) -> dict[str, Any]: ...
+def _percpu_add_stress(
+    pool: PerCPUPool, threads: int, ops: int, run_ns: int = 0, interrupt_ns: int = 0
+) -> dict[str, Any]: ...
 def _stress_kill(
     kind: str,
     threads: int,
     ops: int,
     kill_at: int,
     py_callback: Callable[[], object] | None = None,
+    interrupt_ns: int = 0,
 ) -> dict[str, Any]: ...
 def _stress_exact(
-    kind: str, threads: int, ops: int, keep: int, flip_every: int = 0
+    kind: str,
+    threads: int,
+    ops: int,
+    keep: int,
+    flip_every: int = 0,
+    run_ns: int = 0,
+    interrupt_ns: int = 0,
 ) -> dict[str, Any]: ...
-def _team_refops(ref: _Ref, threads: int, ops: int, gets: int = 1, puts: int = 1) -> dict[str, int]: ...
+def _team_refops(
+    ref: _Ref,
+    threads: int,
+    ops: int,
+    gets: int = 1,
+    puts: int = 1,
+    run_ns: int = 0,
+    interrupt_ns: int = 0,
+) -> dict[str, Any]: ...
 
