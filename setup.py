@@ -1,7 +1,8 @@
 """The Extension list: pyx/<name>.pyx -> percpu._<name>.
 
 PERCPU_DEBUG=1 builds with bounds checks on and -O0 -g; PERCPU_SANITIZE=address,undefined
-(or thread) adds the sanitizers.
+(or thread) adds the sanitizers; PERCPU_MUTANTS=1 compiles in the known-bad variants of
+pyx/include/percpu/mutant.h, chosen at run time by PERCPU_MUTANT=<name> (tools/mutants.py).
 """
 import os
 import shutil
@@ -16,6 +17,7 @@ HERE = Path(__file__).parent
 MODULES = ["core", "alloc", "counters", "refs", "lab", "workloads"]
 DEBUG = os.environ.get("PERCPU_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("PERCPU_SANITIZE", "")
+MUTANTS = os.environ.get("PERCPU_MUTANTS", "") not in ("", "0")
 
 cflags = ["-O0", "-g"] if DEBUG else ["-O2"]
 ldflags = []
@@ -57,7 +59,8 @@ extensions = [
         include_dirs=["pyx/include", numpy.get_include()],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("PERCPU_MUTANTS", "1")] if MUTANTS else []),
     )
     for name in MODULES
     if (HERE / "pyx" / f"{name}.pyx").exists()

@@ -81,7 +81,7 @@ cdef int _release(pc_ref *r) noexcept nogil:
     # release twice. Seq_cst: a holder that announces itself and then checks
     # `released` (as the stress test does) must see one or be seen.
     cdef int32_t old = _state_or(r, PCREF_RELEASED, PC_SEQ_CST)
-    if old & PCREF_RELEASED:
+    if old & PCREF_RELEASED and not pc_mutant(PC_MUT_RELEASE_TWICE):
         return 0
     if r.release != NULL:
         r.release(r.ctx)
@@ -137,7 +137,8 @@ cdef int _shared_op(pc_ref *r, int op) noexcept nogil:
         return pcref_shared_put(r)
     # Relaxed: kill stores DEAD before it drops the initial reference; a
     # tryget_live that reads an older mode is ordered before the kill.
-    if op == PCREF_OP_TRYGET_LIVE and pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
+    if (op == PCREF_OP_TRYGET_LIVE and pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD
+            and not pc_mutant(PC_MUT_TRYGET_LIVE_AFTER_KILL)):
         return 0
     return _shared_tryget(r)
 
@@ -167,6 +168,12 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
     # No rseq: the mode check and the slot add form a read-side section that
     # the grace period waits for.
     rec = pc_thread_record(r.reg)
+    if rec != NULL and pc_mutant(PC_MUT_SECTION_SKIPPED):
+        rec = NULL
+        if pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
+            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_cpu() * r.stride), v,
+                             PC_RELAXED)
+            return committed
     if rec != NULL:
         pc_section_enter(r.reg, rec)
         # pc_section_enter orders this load after the section is published
@@ -210,7 +217,8 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
     # read the new mode: membarrier(PRIVATE_EXPEDITED_RSEQ) aborts each rseq
     # section in flight, and the registry scan waits for open fallback
     # sections.
-    pc_synchronize(r.reg)
+    if not pc_mutant(PC_MUT_NO_GRACE_PERIOD):
+        pc_synchronize(r.reg)
     n = pc_nr_cpus()
     for c in range(n):
         # Relaxed: nobody writes the slots any more, and the grace period

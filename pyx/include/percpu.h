@@ -9,6 +9,8 @@
  *   percpu/registry.h     thread registry, fork tracking, grace period
  *   percpu/counters.h     the seven counter strategies' hot paths
  *   percpu/pool.h         the per-CPU allocator's bitmaps and mappings
+ *   percpu/mutant.h       known-bad variants for mutation testing (off
+ *                         unless built with PERCPU_MUTANTS)
  *
  * Not included here: percpu/registry_init.h (the registry's owner,
  * percpu._core, and the C tests), percpu/team.h and percpu/lab.h (the
@@ -28,6 +30,7 @@
 
 #include "percpu/base.h"
 #include "percpu/atomic.h"
+#include "percpu/mutant.h"
 #include "percpu/cpu.h"
 #include "percpu/rseq.h"
 #include "percpu/membarrier.h"

@@ -66,6 +66,19 @@ cdef extern from "percpu.h" nogil:
     int64_t pc_percpu_sum(const char *base, size_t stride)
     long pc_membarrier(int cmd, unsigned flags)
 
+    # Known-bad variants for mutation testing (percpu/mutant.h): pc_mutant()
+    # is the constant 0 unless the build defines PERCPU_MUTANTS.
+    int PC_MUTANTS_BUILT
+    enum:
+        PC_MUT_NONE
+        PC_MUT_NO_GRACE_PERIOD
+        PC_MUT_SECTION_SKIPPED
+        PC_MUT_RELEASE_TWICE
+        PC_MUT_TRYGET_LIVE_AFTER_KILL
+        PC_MUT_COUNT
+    const char *pc_mutant_names[]
+    bint pc_mutant(int32_t m)
+
     ctypedef struct pc_thread_rec:
         uint64_t seq
         int32_t index

@@ -89,7 +89,10 @@ typedef struct {
 static inline void pc_perthread_counter_add(pc_perthread_counter *c, int64_t v) {
     pc_thread_rec *rec = pc_thread_record(c->reg);
     if (PC_LIKELY(rec != NULL && rec->index < c->capacity)) {
-        int64_t *slot = (int64_t *)(c->slots + (size_t)rec->index * PC_CACHELINE);
+        int32_t idx = rec->index;
+        int64_t *slot;
+        if (pc_mutant(PC_MUT_PERTHREAD_SHARED_SLOT)) idx = pc_current_cpu() % c->capacity;
+        slot = (int64_t *)(c->slots + (size_t)idx * PC_CACHELINE);
         /* Single writer: load + store is an exact add; the relaxed store
          * keeps concurrent readers from seeing a torn value. */
         pc_store_i64(slot, pc_load_i64(slot, PC_RELAXED) + v, PC_RELAXED);
@@ -121,7 +124,8 @@ typedef struct {
 
 static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
     int64_t moved;
-    pthread_mutex_lock(&c->lock);
+    int locked = !pc_mutant(PC_MUT_APPROX_FOLD_UNLOCKED);
+    if (locked) pthread_mutex_lock(&c->lock);
     if (pc_rseq_live()) {
         /* Empty our CPU's delta inside a critical section: the slot keeps
          * a single writer (the thread running on its CPU). */
@@ -136,7 +140,7 @@ static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
     /* Relaxed: the lock orders this against value(); approx() only needs
      * an untorn value. */
     pc_store_i64(&c->count, pc_load_i64(&c->count, PC_RELAXED) + moved, PC_RELAXED);
-    pthread_mutex_unlock(&c->lock);
+    if (locked) pthread_mutex_unlock(&c->lock);
 }
 
 static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {

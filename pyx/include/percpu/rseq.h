@@ -5,6 +5,7 @@
 #define PERCPU_RSEQ_H
 
 #include "percpu/cpu.h"
+#include "percpu/mutant.h"
 
 /* ------------------------------------------------------------------------ */
 /* The rseq per-CPU add: the user-space this_cpu_add()                       */
@@ -186,6 +187,7 @@ static PC_COLD void pc_percpu_add_slow(char *base, size_t stride, int64_t v) {
         /* An abort means preemption, migration or a signal: retry. Never
          * fall back to a locked add here: a locked add from another CPU
          * interleaves with the owner's unlocked add and loses one of them. */
+        if (pc_mutant(PC_MUT_RSEQ_ABORT_DROPS)) return;
         while (pc_rseq_add_i64(base, stride, v) != 0) {
         }
         return;
@@ -193,6 +195,11 @@ static PC_COLD void pc_percpu_add_slow(char *base, size_t stride, int64_t v) {
     /* Other threads may run on "our" CPU meanwhile: the add must be atomic.
      * Relaxed: a counter's value is only read as a sum, no data is
      * published through it. */
+    if (pc_mutant(PC_MUT_FALLBACK_ADD_PLAIN)) {
+        int64_t *slot = (int64_t *)(base + (size_t)pc_current_cpu() * stride);
+        pc_store_i64(slot, pc_load_i64(slot, PC_RELAXED) + v, PC_RELAXED);
+        return;
+    }
     pc_fetch_add_i64((int64_t *)(base + (size_t)pc_current_cpu() * stride), v, PC_RELAXED);
 }
 
