@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +25,28 @@ def run_python(code: str, env_extra: dict[str, str] | None = None, timeout: floa
     if proc.returncode != 0:
         pytest.fail(f"child exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+def run_pytest(args: list[str], env_extra: dict[str, str]) -> None:
+    """Run pytest on ``args`` in a fresh interpreter with extra environment
+    (the percpu package importable from where this one comes from). Fails
+    with its output unless every selected test passed and none was skipped;
+    when every failure there was inconclusive (a canary that saw no
+    interleaving), this test fails as inconclusive too."""
+    import percpu
+
+    pkg_root = str(Path(percpu.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))
+    env["COLUMNS"] = "10000"  # whole failure messages in the summary
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    if proc.returncode == 1:
+        failed = re.findall(r"^FAILED (\S+)(.*)$", proc.stdout, re.M)
+        if failed and all("Failed: inconclusive:" in why for _, why in failed):
+            pytest.fail(f"inconclusive: in the subprocess, {', '.join(t for t, _ in failed)}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout

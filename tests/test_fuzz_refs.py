@@ -38,6 +38,7 @@ class Model:
         self.killed = False
         self.released = False
         self.releases = 0
+        self.percpu = True     # PercpuRef: get/put on the per-CPU counts
 
     @property
     def count(self) -> int:
@@ -91,8 +92,13 @@ def test_reference_call_sequences(kind: str, ops: list[tuple[str, Any, Any]]) ->
             if op == "kill_and_confirm" and not percpu_only:
                 continue
             if m.killed or m.released:
-                expect(r.kill if op == "kill" else (lambda: r.kill_and_confirm(None)),
-                       (RuntimeError, TypeError))
+                # Kill twice (or after the release): RuntimeError, and a
+                # confirm callback never runs.
+                before = len(confirms)
+                expect(r.kill if op == "kill"
+                       else (lambda: r.kill_and_confirm(lambda: confirms.append(-1))),
+                       (RuntimeError,))
+                assert len(confirms) == before
             else:
                 if op == "kill":
                     r.kill()
@@ -102,16 +108,32 @@ def test_reference_call_sequences(kind: str, ops: list[tuple[str, Any, Any]]) ->
                     assert confirms[-1] == m.releases
                 m.killed = True
                 m.initial = False
+                m.percpu = False
                 m.drop()
         elif op == "released":
             assert r.released is m.released
         elif op == "is_fast":
             if kind == "bigref":
                 assert r.is_fast() is live
-        elif op in ("switch_to_atomic", "switch_to_percpu"):
-            if not percpu_only or not live:
+            elif percpu_only:
+                assert r.is_percpu() is m.percpu
+        elif op == "switch_to_atomic":
+            if not percpu_only:
                 continue
-            getattr(r, op)()
+            if m.released:
+                expect(r.switch_to_atomic, (RuntimeError,))
+            else:
+                # Allowed while killed: already shared, nothing to do.
+                r.switch_to_atomic()
+                m.percpu = False
+        elif op == "switch_to_percpu":
+            if not percpu_only:
+                continue
+            if m.killed or m.released:
+                expect(r.switch_to_percpu, (RuntimeError,))
+            else:
+                r.switch_to_percpu()
+                m.percpu = True
         elif op == "resurrect":
             if not percpu_only:
                 continue
@@ -119,6 +141,7 @@ def test_reference_call_sequences(kind: str, ops: list[tuple[str, Any, Any]]) ->
                 r.resurrect()
                 m.killed = False
                 m.initial = True
+                m.percpu = True
             else:
                 expect(r.resurrect, (RuntimeError,))
         elif op == "reinit":

@@ -37,15 +37,15 @@ def test_every_counter_counts_every_increment(strategy: str, threads: int, inpla
     ops = 3_000
     r = pycounter.run(strategy, threads, ops, inplace=inplace)
     assert r["expected"] == threads * ops
-    assert r["lost_updates"] == r["expected"] - r["observed"]
-    assert r["exact"] is (r["observed"] == r["expected"])
     assert r["idiom"] == ("c += 1" if inplace else "c.inc()")
     assert r["seconds"] > 0 and r["ns_per_increment"] > 0
     if strategy in EXACT_COUNTERS:
         assert r["observed"] == threads * ops and r["exact"] is True and r["lost_updates"] == 0
     else:
-        # racy: what it keeps is never more than was added.
+        # racy: what it keeps is never more than was added (the lost-update
+        # report itself is checked against a peer of known loss below).
         assert 0 < r["observed"] <= threads * ops
+        assert r["exact"] is (r["observed"] == threads * ops)
 
 
 @pytest.mark.parametrize("threads", [1, 3])

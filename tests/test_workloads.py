@@ -4,7 +4,8 @@ taken, bad input, and the non-rseq fallback in a subprocess."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import Any, Callable
 
 import pytest
 
@@ -19,13 +20,22 @@ PAIRS = [f"{a}+{b}" for a in REFS for b in REFS]
 STANDARD = ("seconds", "wall_ns", "ops", "ops_per_sec", "threads")
 
 
-def check_standard(res: dict[str, Any], threads: int, ops: int) -> None:
+def timed(run: Callable[..., dict[str, Any]], *args: Any) -> tuple[dict[str, Any], float]:
+    """run(*args) and the seconds the call took, by a clock of the test's own."""
+    t0 = time.perf_counter()
+    res = run(*args)
+    return res, time.perf_counter() - t0
+
+
+def check_standard(res: dict[str, Any], threads: int, ops: int, elapsed: float) -> None:
     for key in STANDARD:
         assert key in res, key
     assert res["threads"] == threads
     assert res["ops"] == threads * ops
-    assert res["seconds"] > 0 and res["wall_ns"] > 0
-    assert res["ops_per_sec"] == pytest.approx(res["ops"] / res["seconds"])
+    # The team's time lies within the call, so its rate is at least the
+    # rate over the whole call (the test's clock, not the result's own).
+    assert 0 < res["seconds"] <= elapsed and res["wall_ns"] > 0
+    assert res["ops_per_sec"] >= res["ops"] / elapsed
 
 
 def interval(every: int, threads: int) -> int:
@@ -39,18 +49,20 @@ def interval(every: int, threads: int) -> int:
 @pytest.mark.parametrize("strategy", sorted(COUNTERS))
 def test_stat(strategy: str, threads: int) -> None:
     ops = 20000
-    res = wl.run_stat(strategy, threads, ops, {"counters": 16, "read_every": 300})
-    check_standard(res, threads, ops)
+    res, elapsed = timed(wl.run_stat, strategy, threads, ops, {"counters": 16, "read_every": 300})
+    check_standard(res, threads, ops, elapsed)
     assert res["counters"] == 16
     assert res["reads"] == threads * (ops // 300)
     assert res["bytes_per_object"] > 0
     assert res["expected"] == threads * ops
-    assert res["lost_updates"] == res["expected"] - res["observed"]
     if strategy in EXACT_COUNTERS:
+        assert res["observed"] == threads * ops
         assert res["exact"] == 1 and res["lost_updates"] == 0
     else:
-        assert res["exact"] == int(res["lost_updates"] == 0)
-        assert 0 <= res["lost_updates"] < res["expected"]
+        # racy: never more than was added; exact only when nothing was lost.
+        assert 0 < res["observed"] <= threads * ops
+        assert res["exact"] == int(res["observed"] == threads * ops)
+        assert 0 <= res["lost_updates"] < threads * ops
 
 
 def test_stat_defaults_and_memory_figures() -> None:
@@ -77,8 +89,8 @@ def test_stat_never_reads() -> None:
 @pytest.mark.parametrize("strategy", REFS)
 def test_netdev(strategy: str, threads: int) -> None:
     ops = 20000
-    res = wl.run_netdev(strategy, threads, ops, {"unregister_every": 2000})
-    check_standard(res, threads, ops)
+    res, elapsed = timed(wl.run_netdev, strategy, threads, ops, {"unregister_every": 2000})
+    check_standard(res, threads, ops, elapsed)
     expected = ops // interval(2000, threads)
     assert res["unregisters"] + res["unregister_failures"] == expected
     assert res["unregisters"] > 0
@@ -99,8 +111,8 @@ def test_netdev_without_unregister() -> None:
 @pytest.mark.parametrize("strategy", REFS)
 def test_dst(strategy: str, threads: int) -> None:
     ops = 20000
-    res = wl.run_dst(strategy, threads, ops, {"entries": 64, "churn_every": 400})
-    check_standard(res, threads, ops)
+    res, elapsed = timed(wl.run_dst, strategy, threads, ops, {"entries": 64, "churn_every": 400})
+    check_standard(res, threads, ops, elapsed)
     assert res["entries"] == 64
     assert res["churns"] + res["churn_failures"] == ops // interval(400, threads)
     assert res["churns"] > 0
@@ -122,8 +134,8 @@ def test_dst_bytes_per_entry_counts_the_pool() -> None:
 def test_packet(strategy: str, threads: int) -> None:
     ops = 4000
     params = {"work": 10, "entries": 32, "unregister_every": 1000, "churn_every": 200}
-    res = wl.run_packet(strategy, threads, ops, params)
-    check_standard(res, threads, ops)
+    res, elapsed = timed(wl.run_packet, strategy, threads, ops, params)
+    check_standard(res, threads, ops, elapsed)
     assert res["work"] == 10
     assert res["unregisters"] + res["unregister_failures"] == ops // interval(1000, threads)
     assert res["churns"] + res["churn_failures"] == ops // interval(200, threads)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import types
 from typing import Any, Iterator
 
@@ -73,17 +74,22 @@ def test_workload_is_frozen_and_its_defaults_cannot_be_edited() -> None:
 
 @pytest.mark.parametrize("workload,strategy", ALL_POINTS)
 def test_run_every_strategy(workload: str, strategy: str) -> None:
+    t0 = time.perf_counter()
     r = run(workload, strategy, 2, 3000)
+    elapsed = time.perf_counter() - t0
     assert r["workload"] == workload and r["strategy"] == strategy
     assert r["threads"] == 2
     assert r["ops"] == 2 * 3000
-    assert isinstance(r["seconds"], float) and r["seconds"] > 0
-    assert r["ops_per_sec"] == pytest.approx(r["ops"] / r["seconds"])
+    # Within the call, by the test's own clock; so the rate is at least the
+    # rate over the whole call.
+    assert isinstance(r["seconds"], float) and 0 < r["seconds"] <= elapsed
+    assert r["ops_per_sec"] >= r["ops"] / elapsed
     assert r["params"] == EXPECTED[workload][1]
     if workload == "stat":
         # Counters must report whether they lost updates.
         assert r["lost_updates"] >= 0 and r["exact"] in (0, 1)
         if strategy != "racy":
+            assert r["observed"] == 2 * 3000
             assert r["lost_updates"] == 0 and r["exact"] == 1
 
 

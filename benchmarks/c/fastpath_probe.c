@@ -7,6 +7,7 @@
  *   /tmp/probe [ops_per_thread] [max_threads]
  */
 #include "percpu.h"
+#include "percpu/team.h"
 
 #define MAX_THREADS 64
 static pc_cell own[MAX_THREADS];       /* one padded slot per thread */
