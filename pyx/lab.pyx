@@ -532,6 +532,7 @@ cdef struct _ExactArg:
     int64_t keep_at
     int64_t kept
     int64_t flip_every
+    int64_t hold_ns     # thread 0 stays in shared mode this long before it looks for strays
     int64_t bad
     int64_t flips
     int64_t strays      # slots found non-zero outside per-CPU mode
@@ -541,6 +542,14 @@ cdef struct _ExactArg:
 
 cdef void _count_release(void *ctx) noexcept nogil:
     pc_fetch_add_i64(<int64_t *>ctx, 1, PC_RELAXED)
+
+
+cdef inline int64_t _stray_adds(pc_ref *r, int64_t hold_ns) noexcept nogil:
+    # After hold_ns (the others keep running), 1 if a slot is non-zero.
+    cdef int64_t until = pc_now_ns() + hold_ns
+    while hold_ns > 0 and pc_now_ns() < until:
+        pc_cpu_relax()
+    return pc_percpu_sum(r.base, r.stride) != 0
 
 
 cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
@@ -556,13 +565,14 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
             if step == 0:
                 if ref_switch_to_atomic(r) != 0:
                     bad += 1
+                # The fold emptied the slots, and the grace period before it
+                # let no add in flight land after it: they stay empty while
+                # shared. An add that lands later is not lost (the next fold
+                # takes it), but the count lacked it meanwhile; give such an
+                # add (one paused mid-section) time to land, then look.
+                strays += _stray_adds(r, a.hold_ns)
             elif step == 1:
-                # Shared since step 0: its fold emptied the slots, and the
-                # grace period before it let no add in flight land after it,
-                # so they are still empty. An add that did is not lost (the
-                # next fold takes it) but was missing from the count meanwhile.
-                if pc_percpu_sum(r.base, r.stride) != 0:
-                    strays += 1
+                strays += _stray_adds(r, 0)
                 if ref_switch_to_percpu(r) != 0:
                     bad += 1
             else:
@@ -571,8 +581,7 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
                     bad += 1
                 if ref_kill(r) != 0:
                     bad += 1
-                if pc_percpu_sum(r.base, r.stride) != 0:
-                    strays += 1  # as at step 1, for the kill's fold
+                strays += _stray_adds(r, a.hold_ns)  # as at step 0, for the kill's fold
                 if percpuref_tryget_live(r) != 0:
                     bad += 1
                 if ref_resurrect(r) != 0:
@@ -601,7 +610,7 @@ cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept
 
 
 def _stress_exact(str kind, int threads, long long ops, long long keep, long long flip_every=0,
-                  long long run_ns=0, long long interrupt_ns=0) -> dict:
+                  long long run_ns=0, long long interrupt_ns=0, long long hold_ns=0) -> dict:
     """Balanced get/tryget/put/put loops on N native threads, each keeping
     `keep` extra references from the middle of its run; thread 0 of a
     PercpuRef cycles switch_to_atomic / switch_to_percpu / kill+resurrect every
@@ -612,8 +621,9 @@ def _stress_exact(str kind, int threads, long long ops, long long keep, long lon
     the cap) and take their kept references after 1024 iterations;
     ``interrupt_ns`` as for hammer(). Returns, besides the checks, ``done``
     (each thread's iterations), ``kept`` (extra references the threads
-    took), ``strays`` (thread 0 found a slot non-zero outside per-CPU mode:
-    an add landed after a fold) and ``canary_lost`` (see _stress_kill)."""
+    took), ``strays`` (thread 0 found a slot non-zero outside per-CPU mode,
+    ``hold_ns`` after leaving it: an add landed after a fold) and
+    ``canary_lost`` (see _stress_kill)."""
     cdef _ExactArg *a = <_ExactArg *>calloc(1, sizeof(_ExactArg))
     cdef int k = ref_kind_of(kind)
     cdef int64_t i, kept, value_before, value_killed
@@ -621,14 +631,15 @@ def _stress_exact(str kind, int threads, long long ops, long long keep, long lon
     if a == NULL:
         raise MemoryError()
     try:
-        if keep < 0 or flip_every < 0:
-            raise ValueError("keep and flip_every must be >= 0")
+        if keep < 0 or flip_every < 0 or hold_ns < 0:
+            raise ValueError("keep, flip_every and hold_ns must be >= 0")
         rc = ref_init(&a.ref, k, NULL, False, _count_release, &a.releases)
         if rc != 0:
             raise MemoryError(f"ref_init failed ({rc})")
         a.keep = keep
         a.keep_at = PC_TEAM_POLL if run_ns > 0 else ops // 2
         a.flip_every = flip_every
+        a.hold_ns = hold_ns
         try:
             done = _ref_team(threads, ops, _exact_kernel, a, run_ns, interrupt_ns)
             value_before = ref_value(&a.ref)

@@ -53,6 +53,7 @@ def _stress_exact(
     flip_every: int = 0,
     run_ns: int = 0,
     interrupt_ns: int = 0,
+    hold_ns: int = 0,
 ) -> dict[str, Any]: ...
 def _team_refops(
     ref: _Ref,
