@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from percpu._checks import check_argv, check_mapping
 from percpu.counters import COUNTERS
 
 __all__ = [
@@ -48,6 +49,8 @@ WORKLOAD = "pycounter"
 PEER_PREFIX = "peer:"
 #: As many threads as the thread registry of percpu holds.
 MAX_THREADS = 1024
+#: As many ops per thread as percpu.workloads takes.
+MAX_OPS = 1 << 40
 
 Loop = Callable[[Any, int], None]
 
@@ -236,7 +239,7 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
     Raises ``TypeError`` for a threads or ops that is not an int,
     ``ValueError`` for an unknown or unavailable strategy, ``threads``
-    outside 1..1024 or ``ops < 0``.
+    outside 1..1024 or ``ops`` outside 0..2**40.
     """
     if not _is_int(threads):
         raise TypeError(f"threads must be an int, not {type(threads).__name__}")
@@ -246,8 +249,8 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
         raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
     if not 0 < threads <= MAX_THREADS:
         raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
+    if not 0 <= ops <= MAX_OPS:
+        raise ValueError(f"ops must be in 0..{MAX_OPS}, not {ops}")
     counter, loop, read, idiom = _prepare(strategy, bool(inplace))
 
     started: list[float] = []
@@ -297,6 +300,7 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
 def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
     """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``)."""
+    check_mapping(params, "params")
     result = run(strategy, threads, ops, inplace=bool(params.get("inplace", 0)))
     result.pop("strategy")
     result["kernel"] = "python"
@@ -354,13 +358,22 @@ def _table(threads: list[int], ops: int, repeat: int) -> list[tuple[str, str, in
 def main(argv: list[str] | None = None) -> int:
     """``python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]``: a quick
     table of ns per increment (best of REPEAT runs) and lost updates."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else check_argv(argv) or ())
+    usage = "usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]"
     try:
+        if len(args) > 3:
+            raise ValueError(f"at most 3 arguments, not {len(args)}")
         threads = [int(t) for t in (args[0] if args else "1,2").split(",") if t]
         ops = int(args[1]) if len(args) > 1 else 200_000
         repeat = int(args[2]) if len(args) > 2 else 5
-    except ValueError:
-        print("usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]", file=sys.stderr)
+        if not threads or not all(0 < t <= MAX_THREADS for t in threads):
+            raise ValueError(f"THREADS must be in 1..{MAX_THREADS}")
+        if not 0 <= ops <= MAX_OPS:
+            raise ValueError(f"OPS must be in 0..{MAX_OPS}")
+        if repeat < 1:
+            raise ValueError("REPEAT must be >= 1")
+    except ValueError as exc:
+        print(f"{usage}\npercpu.pycounter: error: {exc}", file=sys.stderr)
         return 2
     print(f"# {sys.implementation.name} {sys.version.split()[0]}, {ops} increments per thread, "
           f"best of {repeat}; ns per increment (all threads)")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from percpu._checks import check_int, check_mapping, check_str
+
 __all__ = [
     "COUNTER_STRATEGIES",
     "MAX_THREADS",
@@ -80,8 +82,17 @@ class Workload:
     baseline: str = "atomic"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+        check_str(self.name, "name")
+        if not self.name or "/" in self.name:
             raise ValueError(f"workload name must be a non-empty str without '/', not {self.name!r}")
+        check_str(self.description, "description")
+        if isinstance(self.strategies, (str, bytes)) or not isinstance(self.strategies, Iterable):
+            raise TypeError(f"strategies must be an iterable of str, not {type(self.strategies).__name__}")
+        for key in ("params", "minimums", "unavailable"):
+            check_mapping(getattr(self, key), key)
+        if self.kernel is not None and not callable(self.kernel):
+            raise TypeError(f"kernel must be callable or None, not {type(self.kernel).__name__}")
+        check_str(self.baseline, "baseline")
         strategies = tuple(self.strategies)
         if not strategies and not self.unavailable:
             raise ValueError(f"workload {self.name!r} has no strategies")
@@ -91,11 +102,15 @@ class Workload:
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"workload {self.name!r} lists a strategy twice")
         for key, value in self.params.items():
+            check_str(key, "params key")
             if not _is_int(value):
                 raise ValueError(f"default of {self.name}.{key} must be an int, not {value!r}")
-        for key in self.minimums:
+        for key, value in self.minimums.items():
             if key not in self.params:
                 raise ValueError(f"minimum given for unknown parameter {self.name}.{key}")
+            check_int(value, f"minimums[{key!r}]")
+        for key, value in self.unavailable.items():
+            check_str(value, f"unavailable[{key!r}]")
         # Frozen means frozen: callers must not be able to edit the defaults
         # of a registered workload behind the registry's back.
         object.__setattr__(self, "strategies", strategies)
@@ -105,6 +120,9 @@ class Workload:
 
     def minimum(self, param: str) -> int:
         """Smallest valid value of ``param``."""
+        check_str(param, "param")
+        if param not in self.params:
+            raise ValueError(f"workload {self.name!r} has no parameter {param!r}")
         return self.minimums.get(param, 1)
 
 
@@ -114,7 +132,7 @@ WORKLOADS: dict[str, Workload] = {}
 def register(workload: Workload, *, replace: bool = False) -> Workload:
     """Add ``workload`` to ``WORKLOADS`` (``replace=True`` to redefine one)."""
     if not isinstance(workload, Workload):
-        raise TypeError(f"expected a Workload, not {type(workload).__name__}")
+        raise TypeError(f"workload must be a Workload, not {type(workload).__name__}")
     if workload.name in WORKLOADS and not replace:
         raise ValueError(f"workload {workload.name!r} is already registered")
     WORKLOADS[workload.name] = workload

@@ -15,6 +15,15 @@ import pyperf
 
 import percpu
 from percpu import workloads
+from percpu._checks import (
+    check_instance,
+    check_instances,
+    check_int,
+    check_mapping,
+    check_path,
+    check_str,
+    check_strs,
+)
 from percpu.bench._presets import default_threads
 
 __all__ = [
@@ -49,6 +58,13 @@ class Point:
     params: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_str(self.workload, "workload")
+        check_str(self.strategy, "strategy")
+        check_int(self.threads, "threads", 1, workloads.MAX_THREADS)
+        check_mapping(self.params, "params")
+        for key, value in self.params.items():
+            check_str(key, "params key")
+            check_int(value, f"params[{key!r}]")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
     @property
@@ -58,14 +74,17 @@ class Point:
 
 def bench_name(workload: str, strategy: str, threads: int) -> str:
     """``workload/strategy/tN``: the benchmark's name in the pyperf JSON."""
+    check_str(workload, "workload")
+    check_str(strategy, "strategy")
+    check_int(threads, "threads", 1)
     return f"{workload}/{strategy}/t{threads}"
 
 
-def _split(items: Iterable[str] | None) -> list[str] | None:
+def _split(items: Iterable[str] | None, name: str) -> list[str] | None:
     # Accept "a b", "a,b" and a mix: shells and tox files write both.
     if items is None:
         return None
-    out = [part.strip() for item in items for part in item.split(",")]
+    out = [part.strip() for item in check_strs(items, name) for part in item.split(",")]
     return [part for part in out if part]
 
 
@@ -84,7 +103,10 @@ def plan(
     skipped with a line in ``notes``. Raises ``UsageError`` with a one-line
     message for anything unknown or out of range.
     """
-    names = _split(workload_names) or list(workloads.WORKLOADS)
+    if notes is not None and not isinstance(notes, list):
+        raise TypeError(f"notes must be a list or None, not {type(notes).__name__}")
+    check_mapping(params, "params", optional=True)
+    names = _split(workload_names, "workload_names") or list(workloads.WORKLOADS)
     for name in names:
         if name not in workloads.WORKLOADS:
             raise UsageError(
@@ -93,15 +115,17 @@ def plan(
     names = list(dict.fromkeys(names))
     selected = [workloads.WORKLOADS[n] for n in names]
 
+    if threads is not None and not isinstance(threads, (list, tuple, range)):
+        raise TypeError(f"threads must be a list of ints or None, not {type(threads).__name__}")
     given = list(threads) if threads is not None else default_threads()
     if not given:
-        raise UsageError("no thread counts given")
+        raise UsageError("no thread counts given (--threads)")
     for n in given:
         if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= workloads.MAX_THREADS:
             raise UsageError(f"thread counts must be in 1..{workloads.MAX_THREADS}, not {n!r}")
     counts = sorted(set(given))
 
-    wanted = _split(strategies)
+    wanted = _split(strategies, "strategies")
     if wanted is not None:
         known = {s for w in selected for s in (*w.strategies, *w.unavailable)}
         for s in wanted:
@@ -128,6 +152,7 @@ def _params_per_workload(selected: Sequence[workloads.Workload],
                          params: Mapping[str, int]) -> dict[str, dict[str, int]]:
     out = {w.name: dict(w.params) for w in selected}
     for key, value in params.items():
+        check_str(key, "params key")
         target, _, pname = key.rpartition(".")
         hits = [w for w in selected if (not target or w.name == target) and pname in w.params]
         if not hits:
@@ -142,6 +167,7 @@ def _params_per_workload(selected: Sequence[workloads.Workload],
 
 def point_metadata(point: Point) -> dict[str, Any]:
     """The contract metadata of a point (figures from a run come separately)."""
+    check_instance(point, Point, "point")
     return {
         "percpu_workload": point.workload,
         "percpu_strategy": point.strategy,
@@ -165,9 +191,10 @@ def figures_metadata(result: Mapping[str, Any]) -> dict[str, Any]:
     pyperf metadata holds str, int and float only: booleans become 0/1, and
     values it cannot hold (lists, None, NaN, empty strings) are left out.
     """
+    check_mapping(result, "result")
     out: dict[str, Any] = {}
     for key, value in result.items():
-        if key in _NOT_FIGURES:
+        if not isinstance(key, str) or key in _NOT_FIGURES:
             continue
         if isinstance(value, bool):
             value = int(value)
@@ -185,6 +212,8 @@ def figures_metadata(result: Mapping[str, Any]) -> dict[str, Any]:
 def probe_ops(point: Point, events: int) -> int:
     """Ops per thread for the figures run: ``events`` times the largest
     ``*_every`` parameter, so latencies and churn counts average several."""
+    check_instance(point, Point, "point")
+    check_int(events, "events", 1)
     every = [v for k, v in point.params.items() if k.endswith("_every") and v > 0]
     return max(10_000, events * max(every, default=0))
 
@@ -196,7 +225,7 @@ def probe(point: Point, events: int) -> dict[str, Any]:
     each worker would differ and vanish from the benchmark's metadata, so they
     are measured once here and stamped on all of its runs.
     """
-    ops = probe_ops(point, events)
+    ops = probe_ops(point, events)  # checks both
     result = workloads.run(point.workload, point.strategy, point.threads, ops, **point.params)
     meta = figures_metadata(result)
     meta["percpu_probe_ops"] = ops
@@ -214,6 +243,8 @@ class Output:
     """
 
     def __init__(self, path: str, mode: str) -> None:
+        check_path(path, "path")
+        check_str(mode, "mode")
         if mode not in ("new", "force", "append"):
             raise ValueError(f"mode must be new, force or append, not {mode!r}")
         self.path = path
@@ -246,6 +277,8 @@ class Output:
         os.unlink(tmp)
 
     def add(self, bench: pyperf.Benchmark) -> None:
+        """Add ``bench`` (its runs, to a benchmark of the same name) and save."""
+        check_instance(bench, pyperf.Benchmark, "bench")
         if self.suite is None:
             self.suite = pyperf.BenchmarkSuite([bench])
         else:
@@ -325,6 +358,10 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
     lets pyperf measure it, stamps the figures on the benchmark and saves
     every output. SIGINT stops the sweep, keeping the saved points (130).
     """
+    check_instance(runner, pyperf.Runner, "runner")
+    points = check_instances(points, Point, "points")
+    outputs = check_instances(outputs, Output, "outputs")
+    check_int(probe_events, "probe_events", 1)
     args = runner.parse_args()
     if args.worker:
         for point in points:

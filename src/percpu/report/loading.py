@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from percpu._checks import check_instance, check_path, check_paths, check_str, check_strs
 from percpu.report import stats
 
 #: The reference every speedup is measured against, per workload.
@@ -70,6 +71,7 @@ class Point:
 
     def number(self, key: str) -> float | None:
         """A numeric metadata figure, or None when absent or not a number."""
+        check_str(key, "key")
         value = self.metadata.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -219,6 +221,8 @@ def load_file(path: str | Path, label: str | None = None) -> ResultFile:
     """Load one pyperf JSON file (``.json`` or ``.json.gz``) of percpu.bench results."""
     import pyperf  # a dependency of the package, but only needed here
 
+    check_path(path, "path")
+    check_str(label, "label", optional=True)
     path = Path(path)
     if not path.exists():
         raise ReportError(path, "no such file")
@@ -277,6 +281,8 @@ def unique_labels(paths: Sequence[Path]) -> list[str]:
 
 def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[ResultFile]:
     """Load and validate every file; raises ReportError for the first bad one."""
+    paths = check_paths(paths, "paths")
+    labels = check_strs(labels, "labels", optional=True)
     if not paths:
         raise ReportError("-", "no input files")
     as_paths = [Path(p) for p in paths]
