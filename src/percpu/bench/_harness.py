@@ -232,6 +232,23 @@ def probe(point: Point, events: int) -> dict[str, Any]:
     return meta
 
 
+def load_results_file(path: str, what: str) -> pyperf.BenchmarkSuite:
+    """An existing percpu.bench result (for ``--append``, ``--compare-to``),
+    checked as the report checks it; ``UsageError`` with one line otherwise."""
+    from percpu.report.loading import ReportError, check_suite
+
+    try:
+        suite = pyperf.BenchmarkSuite.load(path)
+    except Exception as exc:  # pyperf reports bad JSON with assorted exception types
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise UsageError(f"{what} {path}: not a pyperf JSON file ({reason})") from None
+    try:
+        check_suite(path, suite)
+    except ReportError as exc:
+        raise UsageError(f"{what} {path}: {exc.message}") from None
+    return suite
+
+
 class Output:
     """A JSON file the sweep writes, whole, after every point.
 
@@ -264,10 +281,7 @@ class Output:
             if self.mode == "new":
                 raise UsageError(f"{path} exists: use --force to replace it or --append to add to it")
             if self.mode == "append":
-                try:
-                    self.suite = pyperf.BenchmarkSuite.load(path)
-                except Exception as exc:
-                    raise UsageError(f"cannot append to {path}: not a pyperf JSON file ({exc})") from None
+                self.suite = load_results_file(path, "cannot append to")
         # Access checks lie (root, read-only mounts): only a real file says.
         try:
             fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -282,7 +296,12 @@ class Output:
         if self.suite is None:
             self.suite = pyperf.BenchmarkSuite([bench])
         else:
-            self.suite.add_runs(bench)
+            try:
+                self.suite.add_runs(bench)
+            except ValueError as exc:
+                # pyperf refuses runs of another machine or setup ("metadata
+                # aslr is different"): the file is left as it was.
+                raise UsageError(f"cannot add {bench.get_name()} to {self.path}: {exc}") from None
         self.points += 1
         self._save()
 
@@ -411,6 +430,10 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
             try:
                 for out in outputs:
                     out.add(bench)
+            except UsageError as exc:
+                _say(f"error: {exc}")
+                status = 2
+                break
             finally:
                 interrupts.saving(False)
             done += 1
