@@ -316,7 +316,7 @@ def test_subclass_skipping_super_init_still_works(name: str) -> None:
             def __init__(self, *args: object, **kwargs: object) -> None:
                 pass  # no super().__init__()
 
-        o = Lazy(1, "two", three=3)
+        o: Any = Lazy(1, "two", three=3)
         if cls in percpu.COUNTERS.values():
             o.inc()
             o.add(2)
@@ -355,6 +355,25 @@ def test_init_runs_once(name: str) -> None:
             assert o.value() == 1
         elif cls in percpu.REFS.values():
             assert o.value() == 1
+
+    run_forked(child)
+
+
+@pytest.mark.parametrize("name", sorted(cls.__name__ for cls in POOLED))
+def test_init_never_moves_an_object_in_use(name: str) -> None:
+    # Made with __new__ (no __init__), used, then configured: moving its
+    # slots to another pool would lose what it holds, so that is refused.
+    cls = CLASSES[name]
+
+    def child() -> None:
+        o = cls.__new__(cls)
+        o.get() if cls in percpu.REFS.values() else o.inc()
+        want = o.value()
+        with pytest.raises(RuntimeError, match="use|counted"):
+            o.__init__(pool=percpu.PerCPUPool())
+        assert o.value() == want
+        if cls not in percpu.REFS.values():
+            assert o.pool is get_default_pool()
 
     run_forked(child)
 

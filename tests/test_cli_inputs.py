@@ -41,16 +41,16 @@ def _suite(*benches: dict[str, Any], values: tuple[float, ...] = (1e-6, 1.1e-6))
     ])
 
 
-def _dump(suite: pyperf.BenchmarkSuite) -> Callable[[Path], None]:
+def _dump(suite: pyperf.BenchmarkSuite) -> Callable[[Path], object]:
     return lambda path: suite.dump(str(path), replace=True)
 
 
-def _text(text: str) -> Callable[[Path], None]:
+def _text(text: str) -> Callable[[Path], object]:
     return lambda path: path.write_text(text)
 
 
 #: Each kind of file, and a word the one-line error must contain.
-BAD: dict[str, tuple[Callable[[Path], None], str]] = {
+BAD: dict[str, tuple[Callable[[Path], object], str]] = {
     "empty": (_text(""), "not"),
     "not-json": (_text("{nope"), "not"),
     "json-list": (_text("[1, 2]"), "not"),

@@ -253,12 +253,12 @@ def _doc_params(fn: Any) -> list[inspect.Parameter] | None:
             defaults.append(ast.literal_eval(d))
         except ValueError:
             defaults.append(inspect.Parameter.empty)
-    for a, d in zip(positional, defaults):
+    for a, default in zip(positional, defaults):
         if a.arg != "self":
-            out.append(inspect.Parameter(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d))
+            out.append(inspect.Parameter(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
     for a, kd in zip(args.kwonlyargs, args.kw_defaults):
-        d = ast.literal_eval(kd) if kd is not None else inspect.Parameter.empty
-        out.append(inspect.Parameter(a.arg, inspect.Parameter.KEYWORD_ONLY, default=d))
+        kw_default = ast.literal_eval(kd) if kd is not None else inspect.Parameter.empty
+        out.append(inspect.Parameter(a.arg, inspect.Parameter.KEYWORD_ONLY, default=kw_default))
     if args.vararg:
         out.append(inspect.Parameter(args.vararg.arg, inspect.Parameter.VAR_POSITIONAL))
     if args.kwarg:
@@ -403,7 +403,10 @@ def discover() -> list[Target]:
         seen.add(id(obj))
         cli = qual.rsplit(".", 1)[-1] in CLI_NAMES
         params, va, vk = signature(obj, drop_self=isinstance(obj, type))
-        targets.append(Target(qual, obj, (lambda o=obj: (o, None, {})), params, va, vk, cli))
+        def make_it(o: Any = obj) -> tuple[Any, Any, dict[str, Any]]:
+            return o, None, {}
+
+        targets.append(Target(qual, obj, make_it, params, va, vk, cli))
         if not isinstance(obj, type):
             continue
         for state, make_state in _states(obj).items():
