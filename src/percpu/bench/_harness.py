@@ -146,6 +146,7 @@ def point_metadata(point: Point) -> dict[str, Any]:
         "percpu_workload": point.workload,
         "percpu_strategy": point.strategy,
         "percpu_threads": point.threads,
+        "percpu_baseline": workloads.WORKLOADS[point.workload].baseline,
         "percpu_params": json.dumps(dict(point.params), sort_keys=True, separators=(",", ":")),
         "percpu_nr_cpus": percpu.nr_cpus(),
         "percpu_features": json.dumps(percpu.features(), sort_keys=True, separators=(",", ":")),
