@@ -64,10 +64,19 @@ cdef inline uint32_t _pick(uint64_t r, uint32_t n) noexcept nogil:
     return <uint32_t>(((r >> 32) * <uint64_t>n) >> 32)
 
 
+cdef bint _pinned():
+    # PERCPU_PIN=1: thread i runs on the i-th CPU the process may use. On a
+    # machine other work shares, the scheduler may stack a fresh team on one
+    # CPU for a whole short run, and then nothing contends; pinning spreads
+    # it. Read per run, so the harness passes it on to pyperf's workers.
+    from os import environ
+    return environ.get("PERCPU_PIN", "") not in ("", "0")
+
+
 cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
                        int64_t *done, int64_t duration_ns) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
-    return pc_run_team(fn, arg, threads, ops, done, False, duration_ns)
+    return pc_run_team(fn, arg, threads, ops, done, _pinned(), duration_ns)
 
 
 cdef inline int64_t _chunk_end(int64_t i, int64_t ops) noexcept nogil:
@@ -87,6 +96,7 @@ cdef dict _result(int64_t wall_ns, int64_t total, int threads, int64_t *done):
         "threads": threads,
         "thread_ops": [done[k] for k in range(threads)],
         "kernel": "native",
+        "pinned": int(_pinned()),
     }
 
 

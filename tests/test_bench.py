@@ -232,6 +232,8 @@ BAD = [
     (["calibrate", "--threads", "0"], "threads must be in 1..1024"),
     (["calibrate", "--param", "work=3"], "--param cannot set work"),
     (["calibrate", "--param", "entries=3"], "--param cannot set entries"),
+    (["calibrate", "--param", "dev_holds=3"], "--param cannot set dev_holds"),
+    (["calibrate", "--dev-holds", "65"], "dev_holds must be in 0..64"),
     (["calibrate", "--dst-holds", "x"], "--dst-holds must be integers"),
     (["instructions", "--workloads", "nope"], "unknown workload 'nope'"),
     (["instructions", "--ops", "0"], "--ops must be >= 1"),
@@ -445,11 +447,22 @@ def test_calibration_finds_the_exact_fit_of_a_known_machine() -> None:
     assert abs(fit.params["work"] - 8.45 * 6 / 0.55) <= 1
     assert fit.residuals["bigref+percpu"] == pytest.approx(0.0, abs=0.5)
     assert fit.residuals["bigref+atomic"] == pytest.approx(100 * (9 / (92 + 51) - 0.06), abs=0.1)
-    assert {c.dst_holds for c in fit.candidates} == set(range(1, 9))
+    assert {(c.dev_holds, c.dst_holds) for c in fit.candidates} == {(1, k) for k in range(1, 9)}
+    # The best three by the search, measured again; the fit is one of them.
+    # (+0.28, -0.66, -1.36 points for 5, 6, 7; 4 is +1.6)
+    assert {c.dst_holds for c in fit.finalists} == {5, 6, 7}
+    assert (fit.params["dst_holds"], fit.params["work"]) in {(c.dst_holds, c.work) for c in fit.finalists}
     assert all(r == pytest.approx(100 * (fit.gains[s] - fit.seed[s])) for s, r in fit.residuals.items())
     # Its other parameters are the registry's.
-    assert {k: v for k, v in fit.params.items() if k not in ("work", "dst_holds")} == \
-        {k: v for k, v in workloads.WORKLOADS["packet"].params.items() if k not in ("work", "dst_holds")}
+    assert {k: v for k, v in fit.params.items() if k not in ("work", "dst_holds", "dev_holds")} == \
+        {k: v for k, v in workloads.WORKLOADS["packet"].params.items() if k not in ("work", "dst_holds", "dev_holds")}
+    assert fit.params["dev_holds"] == 1
+    # Two device holds per packet: with +55% matched, 10 route holds give
+    # bigref+atomic +6.28% and 11 give +5.77%: 11 is nearer the seed's +6%.
+    two = _calibrate.calibrate(threads=2, dev_holds=[2], dst_holds=[9, 10, 11], measure=synthetic_measure)
+    assert (two.params["dev_holds"], two.params["dst_holds"]) == (2, 11)
+    by_holds = {c.dst_holds: c.residuals["bigref+atomic"] for c in two.candidates}
+    assert by_holds[10] == pytest.approx(0.28, abs=0.05) and by_holds[11] == pytest.approx(-0.23, abs=0.05)
 
 
 def test_calibration_says_when_the_seed_is_out_of_reach() -> None:
@@ -475,9 +488,10 @@ def test_calibrate_command_tiny(tmp_path: Path) -> None:
         assert r == pytest.approx(100 * (fit["gains"][s] - fit["seed"][s]))
     assert fit["seed"] == {"bigref+atomic": 0.06, "bigref+percpu": 0.55}
     assert [c["dst_holds"] for c in fit["candidates"]] == [1, 2]
+    assert sorted(c["dst_holds"] for c in fit["finalists"]) == [1, 2]
     assert "residual" in proc.stdout and "seed x445" in proc.stdout
     assert f"--param packet.work={fit['params']['work']}" in proc.stdout
-    assert "dst_holds=1: work=" in proc.stderr
+    assert "dev_holds=1 dst_holds=1: work=" in proc.stderr
 
 
 # instructions ----------------------------------------------------------------

@@ -154,6 +154,17 @@ def test_packet_defaults_model_loopback() -> None:
     assert res["unregisters"] == 0 and res["churns"] == 0 and res["created"] == 2
 
 
+def test_percpu_pin_spreads_the_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read at each run, so pyperf's workers (which inherit PERCPU_*) honour it.
+    monkeypatch.setenv("PERCPU_PIN", "1")
+    res = run("packet", "bigref+percpu", 3, 2000, routes=2, churn_every=300, unregister_every=500)
+    assert res["pinned"] == 1 and res["ops"] == 6000 and res["created"] == res["released"]
+    monkeypatch.setenv("PERCPU_PIN", "0")
+    assert run("stat", "percpu", 2, 100)["pinned"] == 0
+    monkeypatch.delenv("PERCPU_PIN")
+    assert run("netdev", "atomic", 2, 100)["pinned"] == 0
+
+
 def test_object_layout_separates_false_sharing() -> None:
     from percpu._workloads import obj_layout
 

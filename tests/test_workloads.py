@@ -12,7 +12,7 @@ from percpu import workloads
 from percpu.workloads import WORKLOADS, Workload, run
 
 REFS = ("atomic", "bigref", "percpu", "atomic-sharedline")
-PACKET_DEFAULTS = {"work": 200, "dev_holds": 1, "dst_holds": 5, "routes": 1,
+PACKET_DEFAULTS = {"work": 280, "dev_holds": 1, "dst_holds": 1, "routes": 1,
                    "unregister_every": 0, "churn_every": 0}
 EXPECTED = {
     "stat": (("atomic", "locked", "percpu", "perthread", "approx", "striped", "racy"),

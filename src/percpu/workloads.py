@@ -209,15 +209,15 @@ register(Workload(
 # every get and put followed by an equal share of `work` units of the rest of
 # the stack. `routes` hot routes, one picked per packet: on loopback every
 # packet of every client holds the same one. Neither unregister nor route
-# churn happens during a tbench run. `work` and `dst_holds` are the
-# calibration's fit to the seed on the 2-CPU machine of the README
-# (`python -m percpu.bench calibrate`).
+# churn happens during a tbench run. `work`, `dev_holds` and `dst_holds` are
+# the calibration's fit to the seed on the 2-CPU machine of the README
+# (`python -m percpu.bench calibrate`; README, "The packet model").
 register(Workload(
     "packet",
     "tbench on loopback: per packet, device holds, route lookups and clones on "
     "one hot route, other work between them; strategies are NETDEV+DST",
     PACKET_STRATEGIES,
-    {"work": 200, "dev_holds": 1, "dst_holds": 5, "routes": 1,
+    {"work": 280, "dev_holds": 1, "dst_holds": 1, "routes": 1,
      "unregister_every": 0, "churn_every": 0},
     minimums={"work": 0, "dev_holds": 0, "dst_holds": 0, "unregister_every": 0, "churn_every": 0},
     maximums={"work": 1 << 24, "dev_holds": 64, "dst_holds": 64, "routes": 1 << 24},

@@ -19,7 +19,8 @@ USAGE = f"""usage: {PROG} list
        {PROG} run [--preset {{{','.join(PRESETS)}}}] [--workloads W ...] [--strategies S ...]
               [--threads N,N,...] [--param [WORKLOAD.]NAME=VALUE] [-o FILE [--force] | --append FILE]
               [--instructions] [pyperf options: --fast, --rigorous, -p N, -n N, --affinity CPUS, ...]
-       {PROG} calibrate [--threads N] [--dst-holds K,K,...] [--seconds S] [--repeat R] [-o FIT.json]
+       {PROG} calibrate [--threads N] [--dst-holds K,...] [--dev-holds D,...] [--seconds S]
+              [--repeat R] [-o FIT.json]
        {PROG} instructions [--workloads W ...] [--strategies S ...] [--param ...] [--ops N]
 
 run: the percpu workloads through pyperf (`{PROG} run --help` lists every option);
@@ -236,6 +237,8 @@ def calibrate_command(argv: Sequence[str]) -> int:
                         help="thread count to fit at (default: 8, or every CPU where there are fewer)")
     parser.add_argument("--dst-holds", default="1,2,3,4,5,6,7,8", metavar="K,K,...",
                         help="route holds per packet to try (default: 1..8)")
+    parser.add_argument("--dev-holds", default="1", metavar="D,D,...",
+                        help="device holds per packet to try (default: 1)")
     parser.add_argument("--seconds", type=float, default=0.2,
                         help="length of each time-bounded run (default: 0.2)")
     parser.add_argument("--repeat", type=int, default=3,
@@ -249,13 +252,15 @@ def calibrate_command(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     try:
         holds = _ints([args.dst_holds], "--dst-holds")
+        devs = _ints([args.dev_holds], "--dev-holds")
         fixed = {k.rpartition(".")[2]: v for k, v in _params(args.param).items()}
         unknown = set(fixed) - set(workloads.WORKLOADS["packet"].params)
-        bad = sorted(unknown | (set(fixed) & {"work", "dst_holds"}))
+        bad = sorted(unknown | (set(fixed) & {"work", "dst_holds", "dev_holds"}))
         if bad:
             raise UsageError(f"--param cannot set {', '.join(bad)} (unknown, or what the fit chooses)")
         fit = _calibrate.calibrate(
-            threads=args.threads, dst_holds=holds, seconds=args.seconds, repeat=args.repeat,
+            threads=args.threads, dst_holds=holds, dev_holds=devs, seconds=args.seconds,
+            repeat=args.repeat,
             steps=args.steps, max_work=args.max_work, params=fixed,
             log=lambda line: print(f"percpu.bench: {line}", file=sys.stderr, flush=True),
         )

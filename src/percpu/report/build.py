@@ -206,8 +206,9 @@ def _seed_section(files: Sequence[ResultFile]) -> list[Block]:
         Heading(2, "Model vs seed"),
         Paragraph(
             f"The 2005 figures ({SEED_SOURCE}) beside the `packet` model's on this machine. "
-            "`python -m percpu.bench calibrate` fits the model's `work` and `dst_holds` to them; "
-            "the residual is model minus seed."
+            "`python -m percpu.bench calibrate` fits the model's `work` and `dst_holds` (and, "
+            "when asked, `dev_holds`) to them; the residual is model minus seed. The model's gains "
+            "depend on what a cache-line transfer between CPUs costs on the machine at hand."
         ),
         *blocks,
     ]
