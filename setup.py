@@ -27,13 +27,22 @@ directives = {"boundscheck": DEBUG, "wraparound": DEBUG, "initializedcheck": DEB
 
 
 class build_py_with_header(build_py):
-    """Ships pyx/include/percpu.h inside the package for users who cimport."""
+    """Ships every header of pyx/include/ inside the package (percpu/include/),
+    for users who cimport: the umbrella percpu.h includes the others."""
 
     def run(self):
         super().run()
+        source = HERE / "pyx" / "include"
         dest = Path(self.build_lib) / "percpu" / "include"
         dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(HERE / "pyx" / "include" / "percpu.h", dest / "percpu.h")
+        headers = {h.name: h for h in source.glob("*.h")}
+        # A header renamed or removed in the tree must not linger in a reused
+        # build directory, where a user's #include could still find it.
+        for stale in dest.glob("*.h"):
+            if stale.name not in headers:
+                stale.unlink()
+        for name, header in sorted(headers.items()):
+            shutil.copy(header, dest / name)
 
 
 def render_templates():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os as _os
 
 from percpu._core import current_cpu, features, nr_cpus
+from percpu._version import __version__
 from percpu.alloc import NaivePool, PerCPUPool
 from percpu.counters import (
     COUNTERS,
@@ -20,8 +21,6 @@ from percpu.counters import (
     StripedCounter,
 )
 from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
-
-__version__ = "0.1.0"
 
 
 def get_include() -> str:
