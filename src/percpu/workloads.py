@@ -108,6 +108,7 @@ class Workload:
         return self.minimums.get(param, 1)
 
 
+#: Every registered workload by name (``register`` adds one).
 WORKLOADS: dict[str, Workload] = {}
 
 
