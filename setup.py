@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
-MODULES = ["core", "alloc", "counters", "refs", "workloads"]
+MODULES = ["core", "alloc", "counters", "refs", "lab", "workloads"]
 DEBUG = os.environ.get("PERCPU_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("PERCPU_SANITIZE", "")
 
@@ -27,22 +27,16 @@ directives = {"boundscheck": DEBUG, "wraparound": DEBUG, "initializedcheck": DEB
 
 
 class build_py_with_header(build_py):
-    """Ships every header of pyx/include/ inside the package (percpu/include/),
-    for users who cimport: the umbrella percpu.h includes the others."""
+    """Ships pyx/include/ (percpu.h and every header it includes) inside the
+    package, as percpu/include/, for users who cimport."""
 
     def run(self):
         super().run()
-        source = HERE / "pyx" / "include"
         dest = Path(self.build_lib) / "percpu" / "include"
-        dest.mkdir(parents=True, exist_ok=True)
-        headers = {h.name: h for h in source.glob("*.h")}
-        # A header renamed or removed in the tree must not linger in a reused
-        # build directory, where a user's #include could still find it.
-        for stale in dest.glob("*.h"):
-            if stale.name not in headers:
-                stale.unlink()
-        for name, header in sorted(headers.items()):
-            shutil.copy(header, dest / name)
+        # From scratch: a header renamed or removed in the tree must not
+        # linger in a reused build directory, where an #include could find it.
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(HERE / "pyx" / "include", dest)
 
 
 def render_templates():

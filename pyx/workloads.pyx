@@ -16,6 +16,7 @@ from libc.string cimport memset
 from collections.abc import Mapping
 
 from percpu.cpercpu cimport *
+from percpu._team cimport pc_kernel_fn, pc_run_team
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
     ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
@@ -26,20 +27,7 @@ from percpu._counters cimport (
     pc_perthread_counter_add, pc_perthread_counter_read, pc_approx_counter_add,
     pc_approx_counter_read, pc_striped_counter_add, pc_striped_counter_read)
 
-cdef extern from *:
-    """
-    /* The per-packet "other work" of the packet workload: a multiply-add
-     * chain whose value goes through an empty asm each round, so the compiler
-     * can neither fold the loop nor drop it. */
-    static inline uint64_t pc_wl_work(uint64_t x, int64_t units) {
-        int64_t i;
-        for (i = 0; i < units; i++) {
-            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-            __asm__ __volatile__("" : "+r"(x));
-        }
-        return x;
-    }
-    """
+cdef extern from "percpu/lab.h" nogil:
     uint64_t pc_wl_work(uint64_t x, int64_t units) nogil
 
 
@@ -387,18 +375,6 @@ def run_stat(strategy, threads, ops, params=None):
 #    inner enter would make the sequence even and hide the outer section).
 #    QSBR costs one store per op to a line the worker owns, no fence.
 
-cdef extern from *:
-    """
-    static void *pc_wl_zalloc(size_t size) {
-        void *p = NULL;
-        size = pc_round_up(size ? size : 1, PC_CACHELINE);
-        if (posix_memalign(&p, PC_CACHELINE, size)) return NULL;
-        memset(p, 0, size);
-        return p;
-    }
-    """
-    void *pc_wl_zalloc(size_t size) nogil
-
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
@@ -407,7 +383,7 @@ from percpu._refs cimport (
     pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_DONE, PCREF_ERR_NOMEM,
     ref_init, ref_destroy, ref_kill, atomicref_get, atomicref_put, atomicref_tryget,
     bigref_get, bigref_put, bigref_tryget, percpuref_get, percpuref_put,
-    percpuref_tryget_live)
+    percpuref_tryget_live, ref_kind_of)
 
 cdef pc_registry *_registry = pc_registry_import()
 
@@ -523,7 +499,7 @@ cdef void _obj_release(void *ctx) noexcept nogil:
 
 
 cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
-    cdef Obj *o = <Obj *>pc_wl_zalloc(sizeof(Obj))
+    cdef Obj *o = <Obj *>pc_aligned_zalloc(sizeof(Obj))
     cdef int rc
     if o == NULL:
         job.init_error = PCREF_ERR_NOMEM
@@ -839,17 +815,6 @@ cdef void _packet_pp(void *a, int tid, int64_t ops, int64_t *done) noexcept nogi
     _packet_loop(<_RPercpu *>NULL, <_RPercpu *>NULL, <RefJob *>a, tid, ops, done)
 
 
-cdef dict _REF_KINDS = {"atomic": PCREF_ATOMIC, "bigref": PCREF_BIGREF, "percpu": PCREF_PERCPU}
-
-
-cdef int _ref_kind(strategy) except -1:
-    kind = _REF_KINDS.get(strategy) if isinstance(strategy, str) else None
-    if kind is None:
-        raise ValueError(f"unknown reference strategy {strategy!r}; "
-                         f"valid: {', '.join(_REF_KINDS)}")
-    return kind
-
-
 cdef pc_kernel_fn _pick_kernel(str workload, int dev, int dst):
     cdef pc_kernel_fn k3[3]
     cdef pc_kernel_fn k9[9]
@@ -895,7 +860,7 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
     job.entries = p.get("entries", 0) if uses_dst else 0
     bytes_per_entry = None
     try:
-        job.qs = <char *>pc_wl_zalloc(<size_t>nthreads * PC_CACHELINE)
+        job.qs = <char *>pc_aligned_zalloc(<size_t>nthreads * PC_CACHELINE)
         job.sinks = <uint64_t *>calloc(nthreads, sizeof(uint64_t))
         done = <int64_t *>calloc(nthreads, sizeof(int64_t))
         if job.qs == NULL or job.sinks == NULL or done == NULL:
@@ -1008,7 +973,7 @@ def run_netdev(strategy, threads, ops, params=None):
     ``unregisters`` and ``unregister_latency_mean_us``/``_max_us`` (swap to
     release). Raises RuntimeError if any reference operation failed or any
     device was not released and freed exactly once."""
-    cdef int kind = _ref_kind(strategy)
+    cdef int kind = ref_kind_of(strategy)
     cdef int nthreads = _as_threads(threads)
     cdef int64_t nops = _as_ops(ops)
     p = _ref_params(params, _NETDEV_DEFAULTS)
@@ -1023,7 +988,7 @@ def run_dst(strategy, threads, ops, params=None):
     failure the old one stays and ``churn_failures`` counts it). Reports
     ``churns``, ``churn_failures`` and ``bytes_per_entry`` (the entry struct
     plus the private pool's reserved bytes per entry)."""
-    cdef int kind = _ref_kind(strategy)
+    cdef int kind = ref_kind_of(strategy)
     cdef int nthreads = _as_threads(threads)
     cdef int64_t nops = _as_ops(ops)
     p = _ref_params(params, _DST_DEFAULTS)
@@ -1039,8 +1004,8 @@ def run_packet(strategy, threads, ops, params=None):
         raise ValueError(f"packet strategy must be NETDEV+DST (e.g. 'bigref+percpu'), "
                          f"not {strategy!r}")
     dev_name, dst_name = strategy.split("+")
-    cdef int dev = _ref_kind(dev_name)
-    cdef int dst = _ref_kind(dst_name)
+    cdef int dev = ref_kind_of(dev_name)
+    cdef int dst = ref_kind_of(dst_name)
     cdef int nthreads = _as_threads(threads)
     cdef int64_t nops = _as_ops(ops)
     p = _ref_params(params, _PACKET_DEFAULTS)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import percpu
-from percpu import _alloc
+from percpu import _alloc, _lab
 from percpu.alloc import NAIVE_MAX_SIZE, NaivePool, PerCPUPool, get_default_pool
 
 Pool = Union[PerCPUPool, NaivePool]
@@ -376,7 +376,7 @@ def test_footprint_of_10000_small_objects(record_property: Callable[[str, Any], 
 def test_concurrent_alloc_free(pool: Pool, threads: int) -> None:
     ops = 20_000
     s0 = pool.stats()
-    r = _alloc._stress(pool, threads, ops, 96)
+    r = _lab._stress(pool, threads, ops, 96)
     assert r["done"] == [ops] * threads
     assert r["failures"] == 0
     assert r["nonzero"] == 0, "a copy was not zeroed on alloc"
@@ -398,7 +398,7 @@ def test_concurrent_alloc_free(pool: Pool, threads: int) -> None:
 def test_percpu_add_on_pool_memory_is_exact(threads: int) -> None:
     p = PerCPUPool()
     ops = 50_000
-    r = _alloc._percpu_add_stress(p, threads, ops)
+    r = _lab._percpu_add_stress(p, threads, ops)
     assert r["rseq"] == percpu.features()["rseq"]
     assert r["first"] == threads * ops
     assert r["second"] == 2 * threads * ops
@@ -410,10 +410,10 @@ def test_fallback_without_rseq() -> None:
     """The same checks in a process where PERCPU_NO_RSEQ=1 forces the atomic fallback."""
     src = os.path.dirname(os.path.dirname(os.path.abspath(percpu.__file__)))
     code = (
-        "import json; from percpu import _alloc;"
+        "import json; from percpu import _alloc, _lab;"
         "p = _alloc.PerCPUPool();"
-        "a = _alloc._percpu_add_stress(p, 4, 20000);"
-        "s = _alloc._stress(p, 4, 2000, 64);"
+        "a = _lab._percpu_add_stress(p, 4, 20000);"
+        "s = _lab._stress(p, 4, 2000, 64);"
         "print(json.dumps({'add': a, 'stress': s, 'objects': p.stats()['objects']}))"
     )
     env = dict(os.environ, PERCPU_NO_RSEQ="1", PYTHONPATH=src)
@@ -433,13 +433,13 @@ def test_fallback_without_rseq() -> None:
 def test_team_helpers_reject_bad_arguments() -> None:
     p = PerCPUPool()
     with pytest.raises(ValueError):
-        _alloc._stress(p, 0, 10)
+        _lab._stress(p, 0, 10)
     with pytest.raises(ValueError):
-        _alloc._stress(p, 1, -1)
+        _lab._stress(p, 1, -1)
     with pytest.raises(ValueError):
-        _alloc._stress(p, 1, 10, p.unit_size + 1)
+        _lab._stress(p, 1, 10, p.unit_size + 1)
     with pytest.raises(TypeError):
-        _alloc._stress(object(), 1, 10)  # type: ignore[arg-type]
+        _lab._stress(object(), 1, 10)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,9 @@ PRELUDE = r"""
 import os, sys, threading, time, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
 import percpu
-from percpu import _alloc, _core
-from percpu.counters import COUNTERS, EXACT_COUNTERS, hammer
+from percpu import _alloc, _core, _lab
+from percpu._lab import hammer
+from percpu.counters import COUNTERS, EXACT_COUNTERS
 
 CHILD_TIMEOUT = float(os.environ.get("CHILD_TIMEOUT", "60"))
 
@@ -57,7 +58,7 @@ def child_checks(inherited, base):
     # were given back by the atfork handler.
     assert stats["live"] <= 1, stats
     _core.synchronize()
-    t = _core.team_selftest(2, 1000)
+    t = _lab.team_selftest(2, 1000)
     assert t["cells"] == [1000, 1000]
     assert percpu.features() == FEATURES
 
@@ -121,7 +122,7 @@ def churn():
                 for c in inherited.values():
                     hammer(c, 2, 20000)
             else:
-                r = _alloc._stress(pool, 2, 2000, 64)
+                r = _lab._stress(pool, 2, 2000, 64)
                 assert r["corrupt"] == 0 and r["nonzero"] == 0, r
     except BaseException as e:
         errors.append(e)

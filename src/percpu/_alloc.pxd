@@ -18,6 +18,10 @@ cdef extern from "<pthread.h>" nogil:
         pass
 
 
+cdef enum:
+    GRANULE = 8             # bytes; the bitmap has one bit per granule
+    GRANULE_SHIFT = 3
+
 cdef struct pc_block:
     char *base              # unit_size * nr_cpus bytes; CPU c's unit at base + c * unit_size
     uint64_t *used          # one bit per granule of a unit: allocated

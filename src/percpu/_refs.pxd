@@ -122,6 +122,8 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil                # PERCPU: released
 cdef int64_t ref_value(pc_ref *r) noexcept nogil
     # Exact when no get/put runs concurrently; takes the switch lock.
 cdef bint ref_is_zero(pc_ref *r) noexcept nogil
+# The kind (PCREF_*) of a strategy name of percpu.REFS; ValueError for another name.
+cdef int ref_kind_of(object name) except -1
     # In shared mode with a count of zero (false in per-CPU mode, as in Linux).
 
 

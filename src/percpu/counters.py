@@ -1,4 +1,4 @@
-"""Counter strategies (percpu.counters): see DESIGN.md.
+"""Counter strategies (percpu.counters).
 
 ``percpu.Counter`` is the recommended default (``PerCPUCounter``);
 ``COUNTERS`` maps each strategy name to its class.
@@ -14,7 +14,6 @@ from percpu._counters import (
     PerThreadCounter,
     RacyCounter,
     StripedCounter,
-    hammer,
 )
 
 Counter = PerCPUCounter
@@ -45,5 +44,4 @@ __all__ = [
     "PerThreadCounter",
     "RacyCounter",
     "StripedCounter",
-    "hammer",
 ]

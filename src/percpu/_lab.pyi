@@ -1,0 +1,36 @@
+"""percpu._lab: native-thread kernels for the tests and the measurements."""
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from percpu._alloc import NaivePool, PerCPUPool
+from percpu._counters import CounterBase
+from percpu._refs import _Ref
+
+class TeamResult(TypedDict):
+    wall_ns: int
+    done: list[int]
+    cells: list[int]
+
+class HammerResult(TypedDict):
+    wall_ns: int
+    ns_per_op: float
+    expected: int
+
+def team_selftest(threads: int, ops: int, pin: bool = ...) -> TeamResult: ...
+def hammer(
+    counter: CounterBase, threads: int, ops: int, mixed: bool = ..., pin: bool = ...
+) -> HammerResult: ...
+def _stress(pool: PerCPUPool | NaivePool, threads: int, ops: int, size: int = 64) -> dict[str, Any]: ...
+def _percpu_add_stress(pool: PerCPUPool, threads: int, ops: int) -> dict[str, Any]: ...
+def _stress_kill(
+    kind: str,
+    threads: int,
+    ops: int,
+    kill_at: int,
+    py_callback: Callable[[], object] | None = None,
+) -> dict[str, Any]: ...
+def _stress_exact(
+    kind: str, threads: int, ops: int, keep: int, flip_every: int = 0
+) -> dict[str, Any]: ...
+def _team_refops(ref: _Ref, threads: int, ops: int, gets: int = 1, puts: int = 1) -> dict[str, int]: ...
+
