@@ -78,7 +78,7 @@ html_theme_options = {
     "description": "Per-CPU counters and reference counts for Python",
     "fixed_sidebar": True,
 }
-html_static_path = []
+html_static_path: list[str] = []
 html_show_sourcelink = False
 
 

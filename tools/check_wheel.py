@@ -94,6 +94,17 @@ def build(work: Path) -> tuple[Path, Path]:
     return sdist, wheel
 
 
+def headers() -> list[str]:
+    """Every header under pyx/include/, as a path relative to it."""
+    include = ROOT / "pyx" / "include"
+    return sorted(str(h.relative_to(include)) for h in include.rglob("*.h"))
+
+
+def extension_modules() -> list[str]:
+    """pyx/<name>.pyx (or .pyx.in) builds percpu._<name>."""
+    return sorted({p.name.split(".")[0] for p in (ROOT / "pyx").glob("*.pyx*")})
+
+
 def check_sdist(sdist: Path) -> None:
     step(f"sdist contents: {sdist.name}")
     with tarfile.open(sdist) as tar:
@@ -101,7 +112,7 @@ def check_sdist(sdist: Path) -> None:
     generated = [n for n in names if re.fullmatch(r"pyx/[^/]+\.c", n)]
     if generated:
         raise CheckFailed(f"the sdist carries generated C: {generated}")
-    wanted = {f"pyx/include/{h.name}" for h in (ROOT / "pyx" / "include").glob("*.h")}
+    wanted = {f"pyx/include/{h}" for h in headers()}
     wanted |= {"LICENSE", "CHANGELOG.md", "pyproject.toml", "setup.py"}
     missing = wanted - set(names)
     if missing:
@@ -125,7 +136,7 @@ def check_wheel_contents(wheel: Path) -> None:
         names = set(zf.namelist())
         (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         meta = email.parser.Parser().parsestr(zf.read(meta_name).decode())
-    wanted = {f"percpu/include/{h.name}" for h in (ROOT / "pyx" / "include").glob("*.h")}
+    wanted = {f"percpu/include/{h}" for h in headers()}
     src = ROOT / "src" / "percpu"
     wanted |= {f"percpu/{p.relative_to(src)}" for p in src.rglob("*.pxd")}
     wanted |= {f"percpu/{p.relative_to(src)}" for p in src.rglob("*.pyi")}
@@ -133,7 +144,7 @@ def check_wheel_contents(wheel: Path) -> None:
     missing = sorted(wanted - names)
     if missing:
         raise CheckFailed(f"the wheel lacks {missing}")
-    for module in ("core", "alloc", "counters", "refs", "workloads"):
+    for module in extension_modules():
         if not any(re.fullmatch(rf"percpu/_{module}\.cpython-[^/]+\.so", n) for n in names):
             raise CheckFailed(f"the wheel lacks the extension percpu._{module}")
     if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
@@ -142,7 +153,8 @@ def check_wheel_contents(wheel: Path) -> None:
         raise CheckFailed(f"License-Expression is {meta.get('License-Expression')!r}, not 'MIT'")
     if meta.get("Version") != _source_version():
         raise CheckFailed(f"wheel version {meta.get('Version')} != {_source_version()}")
-    print(f"{len(names)} files: extensions, {len(wanted)} headers/.pxd/.pyi, license, metadata ok")
+    print(f"{len(names)} files: {len(extension_modules())} extensions, {len(wanted)} "
+          "headers/.pxd/.pyi, license, metadata ok")
 
 
 def _source_version() -> str:
