@@ -47,18 +47,22 @@ DEFAULT_TESTS = [
     "tests/test_main.py",
     "tests/test_packaging.py",
 ]
-# Tests that build C: they run in step 6, once a compiler is allowed.
+# Tests that build C (a user's Cython module, a C shim): they run in step 6,
+# once a compiler is allowed. A new one fails step 5 loudly: list it here.
 COMPILING_TESTS = [
     "tests/test_counters.py::test_cython_user_can_cimport",
     "tests/test_packaging.py::test_a_cython_module_builds_against_the_installed_package",
+    "tests/test_refs.py::test_no_rseq_membarrier_means_no_rseq_refs",
 ]
 COMPILERS = ("cc", "gcc", "c++", "g++", "clang", "clang++", "x86_64-linux-gnu-gcc")
 # Packaging warnings: the build must print none of these.
+# (A macro such as -DNPY_NO_DEPRECATED_API on a compiler line is not one.)
 BAD_LOG = re.compile(
-    r"Deprecat|SetuptoolsWarning|no files found matching|no previously-included files"
-    r"|is ignored: not a file|license.*(table|classifier)",
+    r"DeprecationWarning|(?<![\w-])deprecat|SetuptoolsWarning|no files found matching"
+    r"|no previously-included files|license.*(table|classifier)",
     re.IGNORECASE,
 )
+COMPILER_WARNING = re.compile(r": warning: ")
 
 
 class CheckFailed(Exception):
@@ -89,6 +93,11 @@ def build(work: Path) -> tuple[Path, Path]:
     bad = [line for line in log.splitlines() if BAD_LOG.search(line)]
     if bad:
         raise CheckFailed("packaging warnings in the build log:\n  " + "\n  ".join(bad))
+    # Compiler warnings are the C code's business (the py3x envs build it
+    # too); they are listed, not failed on.
+    for line in log.splitlines():
+        if COMPILER_WARNING.search(line):
+            print(f"check_wheel: note: compiler {line.strip()}")
     (sdist,) = dist.glob("*.tar.gz")
     (wheel,) = dist.glob("*.whl")
     return sdist, wheel
@@ -196,7 +205,7 @@ def test(venv: Path, env: dict[str, str], tests: list[str]) -> None:
     deselect = [a for t in COMPILING_TESTS for a in ("--deselect", t)]
     run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
          *deselect, *tests], env=env)
-    step("a Cython module builds against the installed package (compiler allowed)")
+    step("the tests that build C, against the installed package (compiler allowed)")
     with_cc = dict(env)
     with_cc.pop("CC")
     with_cc.pop("CXX")
