@@ -1,6 +1,7 @@
 """Build, repair and check the binary wheel the way a user would receive it.
 
-``tox -e wheel`` runs this (``python tools/check_wheel.py [WORKDIR] [-- PYTEST ARGS]``):
+``tox -e wheel`` runs this (``python tools/check_wheel.py [--keep DIR] [PYTEST ARGS]``;
+tox keeps the sdist and the repaired wheel in dist/):
 
 1. ``python -m build``: the sdist, then a wheel built from that sdist (so the
    sdist is known to build from a clean tree). Packaging warnings in the log
@@ -17,7 +18,8 @@
 6. With the compiler back on PATH, a Cython module cimports the installed
    package and is built with ``percpu.get_include()`` and run.
 
-Prints the wheel's tag and size at the end.
+Everything happens in a temporary folder; ``--keep DIR`` copies the sdist
+and the repaired wheel there at the end. Prints the wheel's tag and size.
 """
 from __future__ import annotations
 
@@ -213,21 +215,22 @@ def test(venv: Path, env: dict[str, str], tests: list[str]) -> None:
     run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *COMPILING_TESTS], env=with_cc)
 
 
+USAGE = "usage: python tools/check_wheel.py [--keep DIR] [PYTEST ARGS ...]"
+
+
 def main(argv: list[str]) -> int:
     args = list(argv)
-    tests = DEFAULT_TESTS
-    if "--" in args:
-        cut = args.index("--")
-        args, tests = args[:cut], args[cut + 1:] or DEFAULT_TESTS
-    if len(args) > 1:
-        print("usage: python tools/check_wheel.py [WORKDIR] [-- PYTEST ARGS]", file=sys.stderr)
-        return 2
+    keep = None
+    if args[:1] == ["--keep"]:
+        if len(args) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        keep = Path(args[1])
+        args = args[2:]
+    tests = args or DEFAULT_TESTS
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="percpu-wheel-") as tmp:
-        work = Path(args[0]) if args else Path(tmp)
-        if work.exists() and args:
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
+        work = Path(tmp)
         try:
             sdist, wheel = build(work)
             check_sdist(sdist)
@@ -242,8 +245,11 @@ def main(argv: list[str]) -> int:
         print(f"\ncheck_wheel: ok: {repaired.name}")
         print(f"  tag {tag}, {repaired.stat().st_size:,} bytes "
               f"(sdist {sdist.stat().st_size:,} bytes), {time.monotonic() - start:.0f} s")
-        if args:
-            print(f"  kept in {work}")
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for artifact in (sdist, repaired):
+                shutil.copy(artifact, keep / artifact.name)
+            print(f"  sdist and wheel copied to {keep}/")
     return 0
 
 
