@@ -21,7 +21,7 @@ from percpu.cpercpu cimport *
 from percpu._team cimport pc_kernel_fn, pc_run_team
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
-    ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
+    ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
     RacyCounter, StripedCounter, pc_approx_counter, pc_cell, pc_locked_counter,
     pc_percpu_counter, pc_perthread_counter, pc_striped_counter,
     pc_atomic_counter_add, pc_racy_counter_add, pc_cell_read, pc_locked_counter_add,
@@ -97,6 +97,8 @@ cdef struct _CStriped:
     char unused
 cdef struct _CRacy:
     char unused
+cdef struct _CGeneric:  # any other counter class, through its C vtable
+    char unused
 
 ctypedef fused CounterKind:
     _CAtomic
@@ -106,6 +108,7 @@ ctypedef fused CounterKind:
     _CApprox
     _CStriped
     _CRacy
+    _CGeneric
 
 
 cdef struct StatJob:
@@ -129,8 +132,10 @@ cdef inline void _counter_add(CounterKind *tag, void *c) noexcept nogil:
         pc_approx_counter_add(<pc_approx_counter *>c, 1)
     elif CounterKind is _CStriped:
         pc_striped_counter_add(<pc_striped_counter *>c, 1)
-    else:
+    elif CounterKind is _CRacy:
         pc_racy_counter_add(<pc_cell *>c, 1)
+    else:
+        (<CounterBase>c)._add(1)
 
 
 cdef int64_t _counter_read_atomic(void *c) noexcept nogil:
@@ -160,8 +165,10 @@ cdef int64_t _counter_read(CounterKind *tag, void *c) noexcept nogil:
         return _counter_read_perthread(c)
     elif CounterKind is _CApprox:
         return _counter_read_approx(c)
-    else:
+    elif CounterKind is _CStriped:
         return _counter_read_striped(c)
+    else:
+        return (<CounterBase>c)._read()
 
 
 cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops,
@@ -198,6 +205,8 @@ cdef void _stat_striped(void *a, int tid, int64_t ops, int64_t *done) noexcept n
     _stat_loop(<_CStriped *>NULL, <StatJob *>a, tid, ops, done)
 cdef void _stat_racy(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
     _stat_loop(<_CRacy *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_generic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CGeneric *>NULL, <StatJob *>a, tid, ops, done)
 
 
 cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
@@ -222,10 +231,15 @@ cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
         p = (<PerThreadCounter?>c).c
         sizes.append(pc_round_up(sizeof(pc_perthread_counter), PC_CACHELINE)
                      + (<PerThreadCounter>c).c.capacity * PC_CACHELINE)
-    else:
+    elif strategy == "striped":
         p = (<StripedCounter?>c).c
         sizes.append(sizeof(pc_striped_counter)
                      + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
+    else:
+        # A strategy without a specialised loop: the object itself, driven
+        # through CounterBase's vtable; the objs list keeps it alive.
+        p = <void *><CounterBase?>c
+        sizes.append(type(c).__basicsize__)
     return p
 
 
@@ -258,8 +272,10 @@ def run_stat(str strategy, int threads, int64_t ops, dict params):
         fn = _stat_approx
     elif strategy == "striped":
         fn = _stat_striped
-    else:
+    elif strategy == "racy":
         fn = _stat_racy
+    else:
+        fn = _stat_generic
 
     cdef uint32_t n = p["counters"]
     pool = PerCPUPool() if strategy in ("percpu", "approx") else None
