@@ -44,8 +44,9 @@ DEFAULT_TESTS = [
     "tests/test_alloc.py",
     "tests/test_counters.py",
     "tests/test_refs.py",
+    "tests/test_workload_kernels.py",
     "tests/test_workloads.py",
-    "tests/test_workloads_api.py",
+    "tests/test_structure.py",
     "tests/test_main.py",
     "tests/test_packaging.py",
 ]
