@@ -5,8 +5,9 @@ The lab drives the library's nogil C API from a team of native threads
 (pyx/include/percpu/team.h): the counters' adds (``hammer``), the allocator
 under concurrent alloc/free (``_stress``, ``_percpu_add_stress``), references
 taken, dropped and killed concurrently (``_stress_kill``, ``_stress_exact``,
-``_team_refops``), and the team itself (``team_selftest``). The library's
-modules never import this one.
+``_team_refops``), a thread's registry record after its exit
+(``_registry_after_exit``), and the team itself (``team_selftest``). The
+library's modules never import this one.
 """
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -18,7 +19,7 @@ from percpu._alloc cimport (GRANULE, NaivePool, PerCPUPool, pc_naive, pc_pool, n
                             naive_ptr, pcpool_alloc, pcpool_free, pcpool_ptr, pcpool_stride)
 from percpu._counters cimport (
     ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
-    RacyCounter, StripedCounter)
+    RacyCounter, StripedCounter, pc_perthread_counter, pc_perthread_counter_add)
 from percpu._refs cimport *
 
 cdef extern from "percpu/lab.h" nogil:
@@ -609,6 +610,116 @@ def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long lo
     a.puts = puts
     _ref_team(threads, ops, _team_refops_kernel, &a, NULL, NULL)
     return {"released": a.released, "errors": a.errors}
+
+
+# ---------------------------------------------------------------------------
+# A thread that uses the registry after its record went back.
+
+cdef pc_registry *_registry = pc_registry_import()
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned int pthread_key_t
+    ctypedef unsigned long pthread_t
+    int pthread_key_create(pthread_key_t *key, void (*destructor)(void *) noexcept nogil)
+    int pthread_key_delete(pthread_key_t key)
+    int pthread_setspecific(pthread_key_t key, const void *value)
+    int pthread_create(pthread_t *th, const void *attr, void *(*fn)(void *) noexcept nogil,
+                       void *arg)
+    int pthread_join(pthread_t th, void **ret)
+
+
+cdef struct _ExitProbe:
+    pc_registry *reg
+    pthread_key_t key
+    pc_ref *ref             # a per-CPU reference: its fallback path uses a record
+    pc_perthread_counter *counter
+    int32_t rounds
+    pc_thread_rec *rec      # the thread's record while it ran
+    uint64_t seq_before     # rec's sequence when the destructor began using percpu
+    uint64_t seq_after
+    int32_t later_same      # pc_thread_record() in the destructor returned rec
+    int32_t later_foreign   # ... or another record this thread does not own (not in use)
+    int32_t later_null
+    int32_t ref_errors
+
+
+cdef void _probe_destructor(void *p) noexcept nogil:
+    cdef _ExitProbe *a = <_ExitProbe *>p
+    cdef pc_thread_rec *rec
+    a.rounds += 1
+    if a.rounds == 1:
+        # Come back next round: by then the registry's own key destructor has
+        # handed the record back, whatever order the keys run in.
+        pthread_setspecific(a.key, a)
+        return
+    # Relaxed: only this (exiting) thread writes its record's seq, if anyone.
+    a.seq_before = pc_load_u64(&a.rec.seq, PC_RELAXED)
+    rec = pc_thread_record(a.reg)
+    if rec == NULL:
+        a.later_null = 1
+    elif rec == a.rec:
+        a.later_same = 1
+    elif not rec.in_use:
+        a.later_foreign = 1
+    # A per-thread counter and a reference's fallback path (percpu._refs has
+    # its own cache of the record): both must work, on the shared paths.
+    pc_perthread_counter_add(a.counter, 1)
+    if ref_get(a.ref) != 0:
+        a.ref_errors += 1
+    if ref_put(a.ref) != 0:
+        a.ref_errors += 1
+    a.seq_after = pc_load_u64(&a.rec.seq, PC_RELAXED)
+
+
+cdef void *_probe_thread(void *p) noexcept nogil:
+    cdef _ExitProbe *a = <_ExitProbe *>p
+    a.rec = pc_thread_record(a.reg)
+    pc_perthread_counter_add(a.counter, 1)
+    if ref_get(a.ref) != 0:
+        a.ref_errors += 1
+    if ref_put(a.ref) != 0:
+        a.ref_errors += 1
+    pthread_setspecific(a.key, a)
+    return NULL
+
+
+def _registry_after_exit(PerThreadCounter counter, PercpuRef ref) -> dict:
+    """Test helper: a native thread uses the registry (its own record, a
+    PerThreadCounter add, a get/put on ``ref``) and exits; a pthread key
+    destructor that runs after the registry's has handed the record back
+    uses them again. Returns what that destructor saw: the record it was
+    given (``later_same``: the handed-back one; ``later_null``: none, the
+    shared paths) and the record's sequence before and after its reference
+    operations (a change means it entered a section on a record it no longer
+    owns)."""
+    cdef _ExitProbe a
+    cdef pthread_t th
+    cdef int err
+    memset(&a, 0, sizeof(a))
+    a.reg = _registry
+    a.ref = &ref.c
+    a.counter = counter.c
+    if pthread_key_create(&a.key, _probe_destructor) != 0:
+        raise OSError("pthread_key_create failed")
+    try:
+        with nogil:
+            err = pthread_create(&th, NULL, _probe_thread, &a)
+            if err == 0:
+                pthread_join(th, NULL)
+        if err != 0:
+            raise OSError(err, "pthread_create failed")
+    finally:
+        pthread_key_delete(a.key)
+    return {
+        "rounds": a.rounds,
+        "had_record": a.rec != NULL,
+        "later_same": bool(a.later_same),
+        "later_foreign": bool(a.later_foreign),
+        "later_null": bool(a.later_null),
+        "seq_before": a.seq_before,
+        "seq_after": a.seq_after,
+        "ref_errors": a.ref_errors,
+    }
 
 
 # Measurements: one kernel per strategy with the fast path inlined.

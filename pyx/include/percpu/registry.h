@@ -18,11 +18,21 @@
  */
 #define PC_MAX_THREADS 1024
 
-typedef struct {
+/* Each module (each extension and each user module that cimports the .pxd
+ * files) caches the calling thread's record in a thread-local of its own;
+ * the record links those caches so that handing it back can clear every one
+ * of them (see pc_registry_thread_exit). */
+typedef struct pc_tls_cache {
+    struct pc_thread_rec *rec;   /* NULL: ask the registry (pc_registry_join) */
+    struct pc_tls_cache *next;   /* the next module's cache for the same thread */
+} pc_tls_cache;
+
+typedef struct pc_thread_rec {
     uint64_t seq;      /* odd: inside a fallback section */
     int32_t index;     /* position in the registry, stable for the record */
     int32_t in_use;    /* owned by a live thread */
-    char pad[PC_CACHELINE - 16];
+    pc_tls_cache *caches; /* the owner's caches that point here; owner-only */
+    char pad[PC_CACHELINE - 16 - sizeof(pc_tls_cache *)];
 } PC_CACHELINE_ALIGNED pc_thread_rec;
 
 enum { PC_MB_NONE = 0, PC_MB_EXPEDITED = 1, PC_MB_EXPEDITED_RSEQ = 2 };
@@ -73,12 +83,27 @@ static void pc_fork_untrack(pc_registry *reg, pc_fork_node *n) {
     pthread_mutex_unlock(&reg->fork_lock);
 }
 
-static PC_TLS pc_thread_rec *pc_tls_rec;
+static PC_TLS pc_tls_cache pc_tls_rec;
+
+/* The key's value after the thread's record was handed back (its destructor
+ * ran: the thread is exiting). Never a record: the registry's own address. */
+#define PC_REC_GONE(reg) ((pc_thread_rec *)(void *)(reg))
 
 /* Gives the record of an exiting thread back. Its seq is even (a thread
- * cannot exit inside a section). The mutex hands the record, and the slots it
- * indexes, over to the next owner with a happens-before edge. */
+ * cannot exit inside a section). Every module's cache of it is cleared first
+ * (they are this thread's own thread-locals, still there while the key
+ * destructors run), so no later use in this thread (another key's destructor)
+ * can reach a record that another thread may own by then. The mutex hands
+ * the record, and the slots it indexes, over to the next owner with a
+ * happens-before edge. */
 static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
+    pc_tls_cache *c, *next;
+    for (c = rec->caches; c; c = next) {
+        next = c->next;
+        c->rec = NULL;
+        c->next = NULL;
+    }
+    rec->caches = NULL;
     pthread_mutex_lock(&reg->lock);
     if (rec->in_use) {
         rec->in_use = 0;
@@ -87,13 +112,23 @@ static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
     pthread_mutex_unlock(&reg->lock);
 }
 
+/* This module's cache for the calling thread now points at rec (owned by the
+ * calling thread): link it, so that handing rec back clears it. */
+static void pc_tls_cache_set(pc_thread_rec *rec) {
+    pc_tls_rec.rec = rec;
+    pc_tls_rec.next = rec->caches;
+    rec->caches = &pc_tls_rec;
+}
+
 /* Returns this thread's record, registering it on first use; NULL when the
- * registry is full (callers then take a shared slow path). */
+ * registry is full, or when this thread has already handed its record back
+ * (it is exiting): callers then take a shared slow path. */
 static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
     pc_thread_rec *rec = (pc_thread_rec *)pthread_getspecific(reg->key);
     int i;
+    if (rec == PC_REC_GONE(reg)) return NULL;
     if (rec) {
-        pc_tls_rec = rec;
+        pc_tls_cache_set(rec);
         return rec;
     }
     pthread_mutex_lock(&reg->lock);
@@ -111,13 +146,13 @@ static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
     pthread_mutex_unlock(&reg->lock);
     if (rec) {
         pthread_setspecific(reg->key, rec);
-        pc_tls_rec = rec;
+        pc_tls_cache_set(rec);
     }
     return rec;
 }
 
 static inline pc_thread_rec *pc_thread_record(pc_registry *reg) {
-    pc_thread_rec *rec = pc_tls_rec;
+    pc_thread_rec *rec = pc_tls_rec.rec;
     return PC_LIKELY(rec != NULL) ? rec : pc_registry_join(reg);
 }
 

@@ -13,8 +13,17 @@
 
 static pc_registry *pc_the_registry;
 
+/* The key's destructor, in the exiting thread. Other keys' destructors may
+ * run after it (in this round or the next ones) and use percpu: they find
+ * the caches cleared and the key set to PC_REC_GONE, so they take the shared
+ * paths instead of the record another thread may own by then. Setting the
+ * key again makes glibc call this once more next round (up to
+ * PTHREAD_DESTRUCTOR_ITERATIONS), which keeps it set to the end. */
 static void pc_registry_thread_exit(void *p) {
-    if (p && pc_the_registry) pc_registry_leave(pc_the_registry, (pc_thread_rec *)p);
+    pc_registry *reg = pc_the_registry;
+    if (!p || !reg) return;
+    if ((pc_thread_rec *)p != PC_REC_GONE(reg)) pc_registry_leave(reg, (pc_thread_rec *)p);
+    pthread_setspecific(reg->key, PC_REC_GONE(reg));
 }
 
 /* Around fork(): take the registry lock and every tracked lock (see
@@ -57,7 +66,9 @@ static void pc_fork_child(void) {
     for (i = 0; i < PC_MAX_THREADS; i++) {
         pc_thread_rec *r = &reg->recs[i];
         if (r == mine) { r->seq &= ~(uint64_t)1; reg->live++; }
-        else if (r->in_use) { r->in_use = 0; r->seq = 0; }
+        /* The caches of a thread that is not in the child are not ours to
+         * clear; the next owner starts without them. */
+        else if (r->in_use) { r->in_use = 0; r->seq = 0; r->caches = NULL; }
     }
     pc_fork_release();
 }
