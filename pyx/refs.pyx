@@ -52,6 +52,9 @@ cdef inline void _state_clear(pc_ref *r, int32_t bits) noexcept nogil:
 cdef void _lock(pc_ref *r) noexcept nogil:
     cdef int32_t free_
     cdef int spins = 0
+    # Through the fork gate: fork() waits until no switch lock is held
+    # (registry.h), so a child never inherits one held by a thread it lacks.
+    pc_fork_gate_enter(r.reg)
     while True:
         free_ = 0
         # Acquire: the new holder sees the mode, count and slots as the
@@ -70,6 +73,7 @@ cdef void _lock(pc_ref *r) noexcept nogil:
 cdef inline void _unlock(pc_ref *r) noexcept nogil:
     # Release: pairs with the next _lock's acquire.
     pc_store_i32(&r.lock, 0, PC_RELEASE)
+    pc_fork_gate_leave(r.reg)
 
 
 # ---------------------------------------------------------------------------

@@ -50,6 +50,19 @@ typedef struct pc_fork_node {
     int32_t *spin;            /* or a 0/1 spinlock */
 } pc_fork_node;
 
+/* The references' switch locks are spinlocks inside the reference structs,
+ * and there can be millions of them (a route cache): rather than list each,
+ * one gate covers them all. Every taker passes the gate (pc_fork_gate_enter)
+ * before it takes such a lock and leaves it after releasing the lock; the
+ * fork handler closes the gate and waits until no thread is inside, which is
+ * taking every one of those locks at once. Holders never wait for a fork
+ * handler's lock or for another gated lock, so the wait ends. */
+typedef struct {
+    int32_t closed;    /* 1 while a fork is being prepared */
+    int32_t inside;    /* threads between pc_fork_gate_enter and _leave */
+    char pad[PC_CACHELINE - 8];
+} PC_CACHELINE_ALIGNED pc_fork_gate;
+
 typedef struct {
     pthread_mutex_t lock;
     pthread_key_t key;
@@ -59,8 +72,34 @@ typedef struct {
     int32_t grace_periods;
     pthread_mutex_t fork_lock;  /* guards fork_head's list */
     pc_fork_node fork_head;     /* circular; initialised by percpu._core */
+    pc_fork_gate gate;          /* its own line: passed on every switch lock */
     pc_thread_rec recs[PC_MAX_THREADS];
 } pc_registry;
+
+/* Before taking a gated spinlock. Dekker with pc_fork_prepare: we announce
+ * ourselves, then look at the gate; it closes the gate, then counts us. With
+ * both sides seq_cst, either we see it closed or it sees us inside. */
+static inline void pc_fork_gate_enter(pc_registry *reg) {
+    int spins = 0;
+    for (;;) {
+        pc_fetch_add_i32(&reg->gate.inside, 1, PC_SEQ_CST);
+        if (PC_LIKELY(pc_load_i32(&reg->gate.closed, PC_SEQ_CST) == 0)) return;
+        /* A fork is on its way: step back out (relaxed: we touched nothing
+         * it needs to see) and wait for it to finish. */
+        pc_fetch_add_i32(&reg->gate.inside, -1, PC_RELAXED);
+        /* Relaxed: only says when to try again; the loop re-checks. */
+        while (pc_load_i32(&reg->gate.closed, PC_RELAXED)) {
+            if (++spins < 64) pc_cpu_relax();
+            else sched_yield();
+        }
+    }
+}
+
+/* After releasing the gated lock. Release: the fork handler acquires the
+ * count and then sees that lock free, in the parent and in the child. */
+static inline void pc_fork_gate_leave(pc_registry *reg) {
+    pc_fetch_add_i32(&reg->gate.inside, -1, PC_RELEASE);
+}
 
 static void pc_fork_track(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *mutex,
                           int32_t *spin) {

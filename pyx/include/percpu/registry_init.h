@@ -34,6 +34,12 @@ static void pc_fork_prepare(void) {
     pc_fork_node *n;
     int32_t free_;
     pthread_mutex_lock(&reg->fork_lock);
+    /* Every gated spinlock (pc_fork_gate): close the gate (seq_cst, the
+     * Dekker pair of pc_fork_gate_enter), then wait for the threads inside
+     * to release theirs (acquire: pairs with pc_fork_gate_leave, so the
+     * locks they released read free, here and in the child). */
+    pc_store_i32(&reg->gate.closed, 1, PC_SEQ_CST);
+    while (pc_load_i32(&reg->gate.inside, PC_SEQ_CST) != 0) sched_yield();
     pthread_mutex_lock(&reg->lock);
     for (n = reg->fork_head.next; n != &reg->fork_head; n = n->next) {
         if (n->mutex) pthread_mutex_lock(n->mutex);
@@ -53,6 +59,9 @@ static void pc_fork_release(void) {
         else if (n->spin) pc_store_i32(n->spin, 0, PC_RELEASE);
     }
     pthread_mutex_unlock(&reg->lock);
+    /* Release: a thread that sees the gate open again sees the parent's
+     * state as the fork left it (nothing changed it meanwhile). */
+    pc_store_i32(&reg->gate.closed, 0, PC_RELEASE);
     pthread_mutex_unlock(&reg->fork_lock);
 }
 
@@ -70,6 +79,9 @@ static void pc_fork_child(void) {
          * clear; the next owner starts without them. */
         else if (r->in_use) { r->in_use = 0; r->seq = 0; r->caches = NULL; }
     }
+    /* Threads that stepped into the gate and back out while it was closed
+     * left their count behind; none of them exists here. */
+    reg->gate.inside = 0;
     pc_fork_release();
 }
 
