@@ -39,7 +39,8 @@ enum { PC_MB_NONE = 0, PC_MB_EXPEDITED = 1, PC_MB_EXPEDITED_RSEQ = 2 };
 
 /* Fork safety. fork() copies only the calling thread: a lock that another
  * thread held at that moment stays held in the child forever. Every lock of a
- * live pool, counter or reference is listed here; around fork() the forking
+ * live pool or counter is listed here, and the references' switch locks are
+ * covered all at once by the fork gate below; around fork() the forking
  * thread takes them all (percpu._core's pthread_atfork handlers), so the child
  * starts with each one free and the parent's state consistent. Nothing holds
  * one of these locks while taking another, or while taking the list's lock,
