@@ -341,9 +341,9 @@ def run_stat(str strategy, int threads, int64_t ops, dict params):
 #    based (QSBR): each worker stores an increasing count into its own cache
 #    line after every op, a point where it holds no raw pointer, only
 #    references. The freeing thread waits until the release callback has
-#    returned (PCREF_DONE), issues membarrier(PRIVATE_EXPEDITED) so that every
-#    worker's later loads see the swapped pointer, then waits for each running
-#    worker's count to move. Why not the registry's pc_section_enter/exit
+#    returned (_done: the callback's own count in the object), issues
+#    membarrier(PRIVATE_EXPEDITED) so that every worker's later loads see the
+#    swapped pointer, then waits for each running worker's count to move. Why not the registry's pc_section_enter/exit
 #    around the load and tryget: the references' own non-rseq slow path opens
 #    a section on the same per-thread record, and sections do not nest (the
 #    inner enter would make the sequence even and hide the outer section).
@@ -354,7 +354,7 @@ cdef extern from "<sched.h>" nogil:
 
 from percpu._alloc cimport pc_pool, pcpool_refill
 from percpu._refs cimport (
-    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_DONE, PCREF_ERR_NOMEM,
+    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_ERR_NOMEM,
     ref_init, ref_destroy, ref_kill, atomicref_get, atomicref_put, atomicref_tryget,
     bigref_get, bigref_put, bigref_tryget, percpuref_get, percpuref_put,
     percpuref_tryget_live, ref_kind_of)
@@ -466,10 +466,12 @@ cdef inline int _ref_tryget(RefKind *t, pc_ref *r) noexcept nogil:
 
 cdef void _obj_release(void *ctx) noexcept nogil:
     cdef Obj *o = <Obj *>ctx
-    # Relaxed: both counts are read after PCREF_DONE (a release store that
-    # follows this callback) or after the team has joined.
-    pc_fetch_add_i32(&o.releases, 1, PC_RELAXED)
+    # Relaxed: the job's count is read after the team has joined.
     pc_fetch_add_i64(&(<RefJob *>o.job).releases, 1, PC_RELAXED)
+    # The last access to the object (the library does not touch it after this
+    # callback): once the count is seen (_done), the object may be freed.
+    # Release: pairs with _done's acquire.
+    pc_fetch_add_i32(&o.releases, 1, PC_RELEASE)
 
 
 cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
@@ -490,7 +492,7 @@ cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
 
 
 cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
-    # Acquire: the callback's count is read after its PCREF_DONE release.
+    # Acquire: pairs with the release callback's count (_done saw it too).
     if pc_load_i32(&o.releases, PC_ACQUIRE) != 1:
         job.bad_releases += 1
     if ref_destroy(&o.ref) != 0:
@@ -500,9 +502,9 @@ cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
 
 
 cdef inline bint _done(Obj *o) noexcept nogil:
-    # Acquire: pairs with the PCREF_DONE release store that ends the release,
-    # the releasing thread's last access to the object.
-    return (pc_load_i32(&o.ref.state, PC_ACQUIRE) & PCREF_DONE) != 0
+    # Acquire: pairs with the release callback's count, the releasing
+    # thread's last access to the object.
+    return pc_load_i32(&o.releases, PC_ACQUIRE) != 0
 
 
 cdef inline void _backoff(int *spins) noexcept nogil:
@@ -616,7 +618,7 @@ cdef void _reclaim(RefJob *job, int self_tid) noexcept nogil:
     Every retired entry was swapped out of the table before it was retired,
     so one grace period started now covers every worker that could still use
     a pointer to any of them; of those, the ones whose release has returned
-    (PCREF_DONE, the releasing thread's last access) can go."""
+    (_done: the callback's count, the releasing thread's last access) can go."""
     cdef int64_t i, j, ready = 0
     for i in range(job.nretired):
         ready += _done(job.retired[i])

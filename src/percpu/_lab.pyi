@@ -3,8 +3,8 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from percpu._alloc import NaivePool, PerCPUPool
-from percpu._counters import CounterBase
-from percpu._refs import _Ref
+from percpu._counters import CounterBase, PerThreadCounter
+from percpu._refs import PercpuRef, _Ref
 
 class TeamResult(TypedDict):
     wall_ns: int
@@ -33,4 +33,9 @@ def _stress_exact(
     kind: str, threads: int, ops: int, keep: int, flip_every: int = 0
 ) -> dict[str, Any]: ...
 def _team_refops(ref: _Ref, threads: int, ops: int, gets: int = 1, puts: int = 1) -> dict[str, int]: ...
-
+def _tryget_live_vs_kill(
+    threads: int, rounds: int, shared: bool, confirm: bool, max_delay: int = 20000, seed: int = 1
+) -> dict[str, int]: ...
+def _misused_get_vs_tryget(kind: str, threads: int, ops: int) -> dict[str, Any]: ...
+def _release_frees_object(kind: str, how: str, really_free: bool = False) -> dict[str, Any]: ...
+def _registry_after_exit(counter: PerThreadCounter, ref: PercpuRef) -> dict[str, Any]: ...
