@@ -3,7 +3,8 @@
 
 The lab drives the library's nogil C API from a team of native threads
 (pyx/include/percpu/team.h): the counters' adds (``hammer``), the allocator
-under concurrent alloc/free (``_stress``, ``_percpu_add_stress``), references
+under concurrent alloc/free (``_stress``, ``_percpu_add_stress``) and its
+cost per alloc+free pair (``alloc_free``), references
 taken, dropped and killed concurrently (``_stress_kill``, ``_stress_exact``,
 ``_team_refops``), and the team itself (``team_selftest``). The library's
 modules never import this one.
@@ -239,6 +240,19 @@ cdef void _pool_stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) no
     done[0] = ops
 
 
+cdef void _alloc_free_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    cdef TeamArg *a = <TeamArg *>arg
+    cdef int64_t i, h, failures = 0
+    for i in range(ops):
+        h = _t_alloc(a, a.size)
+        if h < 0:
+            failures += 1
+        else:
+            _t_free(a, h)
+    a.failures[tid] = failures
+    done[0] = ops
+
+
 cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef TeamArg *a = <TeamArg *>arg
     cdef int64_t i
@@ -251,7 +265,7 @@ cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noe
 
 
 cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_kernel_fn fn,
-                    char *counter_base=NULL, size_t counter_stride=0):
+                    char *counter_base=NULL, size_t counter_stride=0, bint pin=False):
     if threads <= 0:
         raise ValueError(f"threads must be > 0, not {threads}")
     if ops < 0:
@@ -283,7 +297,7 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     arg.nonzero = buf + 2 * threads
     arg.failures = buf + 3 * threads
     try:
-        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, False)
+        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, pin)
         return {
             "threads": threads,
             "ops": ops,
@@ -303,6 +317,18 @@ def _stress(pool, int threads, long long ops, size_t size=64) -> dict:
     pattern unique to (thread, object, cpu), check it before freeing. Returns
     counts of ``corrupt`` and ``nonzero`` copies and of ``failures``."""
     return _pool_team(pool, threads, ops, size, _pool_stress_kernel)
+
+
+def alloc_free(pool, int threads, long long ops, size_t size=8, bint pin=False) -> dict:
+    """Each of ``threads`` native threads runs ``ops`` pairs of alloc(size) and
+    free through the pool's nogil C API (``pcpool_alloc``/``pcpool_free`` or
+    the naive pool's). Returns ``wall_ns`` (barrier release to the last
+    thread's finish), ``ns_per_pair`` (wall time / ops: what one thread sees
+    per pair), ``pairs_per_sec`` (all threads) and ``failures``."""
+    r = _pool_team(pool, threads, ops, size, _alloc_free_kernel, NULL, 0, pin)
+    r["ns_per_pair"] = r["wall_ns"] / ops if ops else 0.0
+    r["pairs_per_sec"] = threads * ops * 1e9 / r["wall_ns"] if r["wall_ns"] else 0.0
+    return r
 
 
 def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:

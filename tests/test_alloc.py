@@ -394,6 +394,23 @@ def test_concurrent_alloc_free(pool: Pool, threads: int) -> None:
         assert audit["objects"] == audit["used_granules"] == 0
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_alloc_free_kernel_counts_every_pair(pool: Pool, threads: int) -> None:
+    """The benchmark kernel does what it says: ops pairs per thread, no failure."""
+    ops = 10_000
+    s0 = pool.stats()
+    r = _lab.alloc_free(pool, threads, ops, 8)
+    assert r["done"] == [ops] * threads
+    assert r["failures"] == 0
+    assert r["ns_per_pair"] == r["wall_ns"] / ops > 0
+    s1 = pool.stats()
+    assert s1["allocs"] - s0["allocs"] == threads * ops
+    assert s1["frees"] - s0["frees"] == threads * ops
+    assert s1["objects"] == s0["objects"]
+    with pytest.raises(ValueError):
+        _lab.alloc_free(pool, 0, 10)
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_percpu_add_on_pool_memory_is_exact(threads: int) -> None:
     p = PerCPUPool()
