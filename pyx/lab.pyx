@@ -145,6 +145,8 @@ cdef struct TeamArg:
     int64_t *failures       # per thread: allocations that failed
     char *counter_base      # _percpu_add_stress: the counters' CPU-0 copies
     size_t counter_stride
+    int64_t *handles        # _free_race: the objects every thread frees
+    int64_t nhandles
 
 
 cdef inline int64_t _t_alloc(TeamArg *a, size_t size) noexcept nogil:
@@ -153,11 +155,10 @@ cdef inline int64_t _t_alloc(TeamArg *a, size_t size) noexcept nogil:
     return naive_alloc(a.naive, size, GRANULE, False)
 
 
-cdef inline void _t_free(TeamArg *a, int64_t h) noexcept nogil:
+cdef inline int _t_free(TeamArg *a, int64_t h) noexcept nogil:
     if a.pool != NULL:
-        pcpool_free(a.pool, h)
-    else:
-        naive_free(a.naive, h)
+        return pcpool_free(a.pool, h)
+    return naive_free(a.naive, h)
 
 
 cdef inline char *_t_ptr(TeamArg *a, int64_t h, int cpu) noexcept nogil:
@@ -253,6 +254,20 @@ cdef void _alloc_free_kernel(void *arg, int tid, int64_t ops, int64_t *done) noe
     done[0] = ops
 
 
+cdef void _free_race_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    # Every thread frees every object, in the same order: the frees of one
+    # handle run at about the same moment. corrupt counts the refusals.
+    cdef TeamArg *a = <TeamArg *>arg
+    cdef int64_t i, freed = 0, refused = 0
+    for i in range(a.nhandles):
+        if _t_free(a, a.handles[i]) == 0:
+            freed += 1
+        else:
+            refused += 1
+    a.failures[tid] = refused
+    done[0] = freed
+
+
 cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef TeamArg *a = <TeamArg *>arg
     cdef int64_t i
@@ -265,7 +280,8 @@ cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noe
 
 
 cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_kernel_fn fn,
-                    char *counter_base=NULL, size_t counter_stride=0, bint pin=False):
+                    char *counter_base=NULL, size_t counter_stride=0, bint pin=False,
+                    int64_t *handles=NULL, int64_t nhandles=0):
     if threads <= 0:
         raise ValueError(f"threads must be > 0, not {threads}")
     if ops < 0:
@@ -289,6 +305,8 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     arg.size = size
     arg.counter_base = counter_base
     arg.counter_stride = counter_stride
+    arg.handles = handles
+    arg.nhandles = nhandles
     cdef int64_t *buf = <int64_t *>malloc(4 * <size_t>threads * sizeof(int64_t))
     if buf == NULL:
         raise MemoryError()
@@ -329,6 +347,43 @@ def alloc_free(pool, int threads, long long ops, size_t size=8, bint pin=False) 
     r["ns_per_pair"] = r["wall_ns"] / ops if ops else 0.0
     r["pairs_per_sec"] = threads * ops * 1e9 / r["wall_ns"] if r["wall_ns"] else 0.0
     return r
+
+
+def _free_race(pool, int threads, long long objects, size_t size=8) -> dict:
+    """Test helper: allocates ``objects`` objects, then ``threads`` native
+    threads each free every one of them, in the same order. Exactly one free
+    of each object may succeed. Returns ``done`` (frees that succeeded, per
+    thread) and ``failures`` (frees refused, all threads)."""
+    cdef pc_pool *p = NULL
+    cdef pc_naive *n = NULL
+    cdef int64_t *handles
+    cdef int64_t i, j, h
+    if isinstance(pool, PerCPUPool):
+        p = (<PerCPUPool>pool).c
+    elif isinstance(pool, NaivePool):
+        n = (<NaivePool>pool).c
+    else:
+        raise TypeError(f"pool must be a PerCPUPool or NaivePool, not {type(pool).__name__}")
+    if objects < 0:
+        raise ValueError(f"objects must be >= 0, not {objects}")
+    handles = <int64_t *>malloc(max(<size_t>objects, 1) * sizeof(int64_t))
+    if handles == NULL:
+        raise MemoryError()
+    try:
+        for i in range(objects):
+            h = pcpool_alloc(p, size, GRANULE, False) if p != NULL else naive_alloc(n, size, GRANULE, False)
+            if h < 0:
+                for j in range(i):
+                    if p != NULL:
+                        pcpool_free(p, handles[j])
+                    else:
+                        naive_free(n, handles[j])
+                raise MemoryError() if h == -1 else ValueError(f"bad size {size}")
+            handles[i] = h
+        return _pool_team(pool, threads, 0, size, _free_race_kernel, NULL, 0, False,
+                          handles, objects)
+    finally:
+        free(handles)
 
 
 def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
