@@ -287,13 +287,15 @@ cdef void _give_back(pc_pool *p, int64_t pos) noexcept nogil:
         p.hint = b
 
 
-cdef inline void _zero_object(pc_pool *p, int64_t pos, size_t n) noexcept nogil:
-    """Zeroes every CPU's copy of the n granules at pos: the one place that
-    decides which copies a new object's zeroing touches."""
+cdef inline void _zero_copies(pc_pool *p, int64_t pos, size_t nbytes) noexcept nogil:
+    """Zeroes the copies of a new object (nbytes at pos): the one place that
+    decides which copies that touches. Every CPU's, here. The previous
+    owner's writes happened before its free, which the pool's lock or a
+    cache's lock ordered before our take."""
     cdef char *first = pcpool_ptr(p, pos, 0)
     cdef size_t c
     for c in range(<size_t>p.nr_cpus):
-        memset(first + c * p.unit_size, 0, n << GRANULE_SHIFT)
+        memset(first + c * p.unit_size, 0, nbytes)
 
 
 cdef inline int64_t _handout(pc_pool *p, int64_t pos, size_t n, size_t tail) noexcept nogil:
@@ -311,7 +313,7 @@ cdef inline int64_t _handout(pc_pool *p, int64_t pos, size_t n, size_t tail) noe
         pc_store_i32(&blk.gen[g], tag, PC_RELAXED)
         handle |= <int64_t>tag << PC_HANDLE_TAG_SHIFT
     pc_bit_set_shared(blk.live, g)
-    _zero_object(p, pos, n)
+    _zero_copies(p, pos, n << GRANULE_SHIFT)
     return handle
 
 
