@@ -24,7 +24,7 @@ from percpu.cpercpu cimport *
 from percpu._team cimport PC_TEAM_POLL, pc_kernel_fn, pc_run_team, pc_team_expired
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
-    ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
+    ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
     RacyCounter, StripedCounter, pc_approx_counter, pc_cell, pc_locked_counter,
     pc_percpu_counter, pc_perthread_counter, pc_striped_counter,
     pc_atomic_counter_add, pc_racy_counter_add, pc_cell_read, pc_locked_counter_add,
@@ -118,6 +118,8 @@ cdef struct _CStriped:
     char unused
 cdef struct _CRacy:
     char unused
+cdef struct _CGeneric:  # any other counter class, through its C vtable
+    char unused
 
 ctypedef fused CounterKind:
     _CAtomic
@@ -127,6 +129,7 @@ ctypedef fused CounterKind:
     _CApprox
     _CStriped
     _CRacy
+    _CGeneric
 
 
 cdef struct StatJob:
@@ -150,8 +153,10 @@ cdef inline void _counter_add(CounterKind *tag, void *c) noexcept nogil:
         pc_approx_counter_add(<pc_approx_counter *>c, 1)
     elif CounterKind is _CStriped:
         pc_striped_counter_add(<pc_striped_counter *>c, 1)
-    else:
+    elif CounterKind is _CRacy:
         pc_racy_counter_add(<pc_cell *>c, 1)
+    else:
+        (<CounterBase>c)._add(1)
 
 
 cdef int64_t _counter_read_atomic(void *c) noexcept nogil:
@@ -181,8 +186,10 @@ cdef int64_t _counter_read(CounterKind *tag, void *c) noexcept nogil:
         return _counter_read_perthread(c)
     elif CounterKind is _CApprox:
         return _counter_read_approx(c)
-    else:
+    elif CounterKind is _CStriped:
         return _counter_read_striped(c)
+    else:
+        return (<CounterBase>c)._read()
 
 
 cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops,
@@ -224,6 +231,8 @@ cdef void _stat_striped(void *a, int tid, int64_t ops, int64_t *done) noexcept n
     _stat_loop(<_CStriped *>NULL, <StatJob *>a, tid, ops, done)
 cdef void _stat_racy(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
     _stat_loop(<_CRacy *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_generic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CGeneric *>NULL, <StatJob *>a, tid, ops, done)
 
 
 cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
@@ -248,10 +257,15 @@ cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
         p = (<PerThreadCounter?>c).c
         sizes.append(pc_round_up(sizeof(pc_perthread_counter), PC_CACHELINE)
                      + (<PerThreadCounter>c).c.capacity * PC_CACHELINE)
-    else:
+    elif strategy == "striped":
         p = (<StripedCounter?>c).c
         sizes.append(sizeof(pc_striped_counter)
                      + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
+    else:
+        # A strategy without a specialised loop: the object itself, driven
+        # through CounterBase's vtable; the objs list keeps it alive.
+        p = <void *><CounterBase?>c
+        sizes.append(type(c).__basicsize__)
     return p
 
 
@@ -284,8 +298,10 @@ def run_stat(str strategy, int threads, int64_t ops, dict params, int64_t durati
         fn = _stat_approx
     elif strategy == "striped":
         fn = _stat_striped
-    else:
+    elif strategy == "racy":
         fn = _stat_racy
+    else:
+        fn = _stat_generic
 
     cdef uint32_t n = p["counters"]
     pool = PerCPUPool() if strategy in ("percpu", "approx") else None
@@ -351,9 +367,9 @@ def run_stat(str strategy, int threads, int64_t ops, dict params, int64_t durati
 #    based (QSBR): each worker stores an increasing count into its own cache
 #    line after every op, a point where it holds no raw pointer, only
 #    references. The freeing thread waits until the release callback has
-#    returned (PCREF_DONE), issues membarrier(PRIVATE_EXPEDITED) so that every
-#    worker's later loads see the swapped pointer, then waits for each running
-#    worker's count to move. Why not the registry's pc_section_enter/exit
+#    returned (_done: the callback's own count in the object), issues
+#    membarrier(PRIVATE_EXPEDITED) so that every worker's later loads see the
+#    swapped pointer, then waits for each running worker's count to move. Why not the registry's pc_section_enter/exit
 #    around the load and tryget: the references' own non-rseq slow path opens
 #    a section on the same per-thread record, and sections do not nest (the
 #    inner enter would make the sequence even and hide the outer section).
@@ -364,7 +380,7 @@ cdef extern from "<sched.h>" nogil:
 
 from percpu._alloc cimport pc_pool, pcpool_refill
 from percpu._refs cimport (
-    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_DONE, PCREF_ERR_NOMEM,
+    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_ERR_NOMEM,
     ref_init, ref_destroy, ref_kill, atomicref_get, atomicref_put, atomicref_tryget,
     bigref_get, bigref_put, bigref_tryget, percpuref_get, percpuref_put,
     percpuref_tryget_live, ref_kind_of)
@@ -494,10 +510,12 @@ cdef inline int _ref_tryget(RefKind *t, pc_ref *r) noexcept nogil:
 
 cdef void _obj_release(void *ctx) noexcept nogil:
     cdef Obj *o = <Obj *>ctx
-    # Relaxed: both counts are read after PCREF_DONE (a release store that
-    # follows this callback) or after the team has joined.
-    pc_fetch_add_i32(&o.releases, 1, PC_RELAXED)
+    # Relaxed: the job's count is read after the team has joined.
     pc_fetch_add_i64(&(<RefJob *>o.job).releases, 1, PC_RELAXED)
+    # The last access to the object (the library does not touch it after this
+    # callback): once the count is seen (_done), the object may be freed.
+    # Release: pairs with _done's acquire.
+    pc_fetch_add_i32(&o.releases, 1, PC_RELEASE)
 
 
 cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
@@ -522,7 +540,7 @@ cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
 
 
 cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
-    # Acquire: the callback's count is read after its PCREF_DONE release.
+    # Acquire: pairs with the release callback's count (_done saw it too).
     if pc_load_i32(&o.releases, PC_ACQUIRE) != 1:
         job.bad_releases += 1
     if ref_destroy(&o.ref) != 0:
@@ -545,9 +563,9 @@ cdef inline uint64_t _use(Obj *o, size_t fields) noexcept nogil:
 
 
 cdef inline bint _done(Obj *o) noexcept nogil:
-    # Acquire: pairs with the PCREF_DONE release store that ends the release,
-    # the releasing thread's last access to the object.
-    return (pc_load_i32(&o.ref.state, PC_ACQUIRE) & PCREF_DONE) != 0
+    # Acquire: pairs with the release callback's count, the releasing
+    # thread's last access to the object.
+    return pc_load_i32(&o.releases, PC_ACQUIRE) != 0
 
 
 cdef inline void _backoff(int *spins) noexcept nogil:
@@ -663,7 +681,7 @@ cdef void _reclaim(RefJob *job, int self_tid) noexcept nogil:
     Every retired entry was swapped out of the table before it was retired,
     so one grace period started now covers every worker that could still use
     a pointer to any of them; of those, the ones whose release has returned
-    (PCREF_DONE, the releasing thread's last access) can go."""
+    (_done: the callback's count, the releasing thread's last access) can go."""
     cdef int64_t i, j, ready = 0
     for i in range(job.nretired):
         ready += _done(job.retired[i])

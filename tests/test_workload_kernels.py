@@ -280,3 +280,29 @@ def test_no_rseq_subprocess() -> None:
             assert r["unregisters"] > 0 and r["created"] == r["released"]
         if "churns" in r:
             assert r["churns"] > 0 and r["created"] == r["released"]
+
+
+# a strategy without a specialised loop --------------------------------------
+
+def test_a_new_counter_strategy_runs_through_the_generic_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A counter class registered in COUNTERS, with no loop of its own in the
+    stat kernel or the lab, still runs exactly there (through its C vtable):
+    a new strategy is one class and one registry line."""
+    import percpu
+    from percpu import workloads
+    from percpu._lab import hammer
+
+    class Mine(percpu.LockedCounter):
+        strategy = "mine"
+
+    monkeypatch.setitem(percpu.COUNTERS, "mine", Mine)
+    stat = workloads.WORKLOADS["stat"]
+    monkeypatch.setitem(workloads.WORKLOADS, "stat", workloads.Workload(
+        stat.name, stat.description, tuple(percpu.COUNTERS), stat.params,
+        minimums=stat.minimums, maximums=stat.maximums, baseline=stat.baseline))
+    res = run("stat", "mine", 4, 50_000, counters=4, read_every=100)
+    assert res["exact"] == 1 and res["observed"] == 4 * 50_000
+    assert res["reads"] == 4 * (50_000 // 100) and res["bytes_per_object"] > 0
+    c = Mine()
+    r = hammer(c, 3, 20_000, mixed=True)
+    assert c.value() == r["expected"] == 3 * (20_000 - 2 * (20_000 // 4))

@@ -37,6 +37,7 @@ __all__ = [
     "Workload",
     "fairness",
     "pycounter_workload",
+    "check_threads",
     "ref_operations",
     "register",
     "run",
@@ -160,7 +161,37 @@ class Workload:
         """Largest valid value of ``param``."""
         return self.maximums.get(param, MAX_OPS)
 
+    def check_param(self, key: str, value: object) -> int:
+        """``value`` as parameter ``key`` of this workload, or ``ValueError``
+        (unknown name, out of range) / ``TypeError`` (not an int)."""
+        if key not in self.params:
+            valid = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "none"
+            raise ValueError(
+                f"unknown parameter(s) {key} for workload {self.name!r}; "
+                f"valid (with defaults): {valid}"
+            )
+        low, high = self.minimum(key), self.maximum(key)
+        if not _is_int(value):
+            raise TypeError(
+                f"parameter {self.name}.{key} must be an int, not {type(value).__name__}"
+            )
+        assert isinstance(value, int)
+        if not low <= value <= high:
+            raise ValueError(f"parameter {self.name}.{key} must be in {low}..{high}, not {value!r}")
+        return value
 
+
+def check_threads(threads: object) -> int:
+    """``threads`` as a team size, or ``TypeError``/``ValueError``."""
+    if not _is_int(threads):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    assert isinstance(threads, int)
+    if not 0 < threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
+    return threads
+
+
+#: Every registered workload by name (``register`` adds one).
 WORKLOADS: dict[str, Workload] = {}
 
 
@@ -249,8 +280,7 @@ register(pycounter_workload())
 
 def _check(workload_name: object, strategy: object, threads: object, ops: object,
            params: Mapping[str, object]) -> tuple[Workload, dict[str, int]]:
-    if not _is_int(threads):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    check_threads(threads)
     if not _is_int(ops):
         raise TypeError(f"ops must be an int, not {type(ops).__name__}")
     workload = WORKLOADS.get(workload_name) if isinstance(workload_name, str) else None
@@ -268,32 +298,14 @@ def _check(workload_name: object, strategy: object, threads: object, ops: object
             f"unknown strategy {strategy!r} for workload {workload.name!r}; "
             f"valid: {_listing(workload.strategies)}"
         )
-    assert isinstance(threads, int) and isinstance(ops, int)
-    if not 0 < threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
+    assert isinstance(ops, int)
     if not 0 <= ops <= MAX_OPS:
         raise ValueError(f"ops must be in 0..2**40, not {ops}")
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping, not {type(params).__name__}")
-    unknown = sorted(set(params) - set(workload.params))
-    if unknown:
-        valid = ", ".join(f"{k}={v}" for k, v in workload.params.items()) or "none"
-        raise ValueError(
-            f"unknown parameter(s) {_listing(unknown)} for workload {workload.name!r}; "
-            f"valid (with defaults): {valid}"
-        )
     merged = dict(workload.params)
-    for key, value in params.items():
-        low, high = workload.minimum(key), workload.maximum(key)
-        if not _is_int(value):
-            raise TypeError(
-                f"parameter {workload.name}.{key} must be an int, not {type(value).__name__}"
-            )
-        if not low <= value <= high:  # type: ignore[operator]
-            raise ValueError(
-                f"parameter {workload.name}.{key} must be in {low}..{high}, not {value!r}"
-            )
-        merged[key] = int(value)  # type: ignore[call-overload]
+    for key in sorted(params):
+        merged[key] = workload.check_param(key, params[key])
     return workload, merged
 
 
