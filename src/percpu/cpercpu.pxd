@@ -1,10 +1,9 @@
-# Declarations of pyx/include/percpu.h (shipped as percpu/include/percpu.h).
+# Declarations of pyx/include/percpu.h and the headers it includes (shipped
+# in percpu/include/).
 # Cython code: `from percpu.cpercpu cimport pc_current_cpu, pc_percpu_add, ...`
 # and compile with include_dirs=[percpu.get_include()].
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_Import
-from libc.stdlib cimport calloc, free
-from libc.string cimport memset
 
 cdef extern from "percpu.h" nogil:
     int PC_CACHELINE
@@ -30,6 +29,7 @@ cdef extern from "percpu.h" nogil:
     bint PC_LIKELY(bint x)
     bint PC_UNLIKELY(bint x)
     size_t pc_round_up(size_t n, size_t align)
+    void *pc_aligned_zalloc(size_t size)
     void pc_cpu_relax()
 
     int32_t pc_load_i32(const int32_t *p, int mo)
@@ -87,55 +87,13 @@ cdef extern from "percpu.h" nogil:
     void pc_synchronize(pc_registry *reg)
     void pc_fork_track(pc_registry *reg, pc_fork_node *n, void *mutex, int32_t *spin)
     void pc_fork_untrack(pc_registry *reg, pc_fork_node *n)
+    void pc_fork_gate_enter(pc_registry *reg)
+    void pc_fork_gate_leave(pc_registry *reg)
     bint pc_refs_rseq(const pc_registry *reg)
 
-    ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
-    ctypedef struct pc_team:
-        int nthreads
-        int pin
-        int64_t ops
-        pc_kernel_fn fn
-        void *arg
-        int64_t wall_ns
-        int64_t *done
-        int64_t *thread_ns
-    int pc_team_run(pc_team *t)
 
 
 cdef inline pc_registry *pc_registry_import() except NULL:
     """The process-wide thread registry owned by percpu._core (call with the GIL,
     e.g. at module import, and keep the pointer)."""
     return <pc_registry *>PyCapsule_Import(b"percpu._core._registry", 0)
-
-
-cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
-                                int64_t *done, bint pin) except -1:
-    """Runs ``fn`` on ``threads`` native threads, ``ops`` each, without the GIL
-    (call it holding the GIL). ``done`` (``threads`` entries) receives each
-    thread's completed ops, or NULL. Returns the wall time in ns, from the
-    barrier's release to the last thread's finish."""
-    cdef pc_team team
-    cdef int err
-    cdef int64_t *own = NULL
-    if threads <= 0 or threads > PC_MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
-    if done == NULL:
-        own = <int64_t *>calloc(threads, sizeof(int64_t))
-        if own == NULL:
-            raise MemoryError()
-        done = own
-    memset(&team, 0, sizeof(team))
-    team.nthreads = threads
-    team.pin = pin
-    team.ops = ops
-    team.fn = fn
-    team.arg = arg
-    team.done = done
-    with nogil:
-        err = pc_team_run(&team)
-    free(own)
-    if err:
-        raise OSError(err, "percpu: cannot start the thread team")
-    return team.wall_ns

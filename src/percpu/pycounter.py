@@ -14,8 +14,7 @@ it), the time is taken from the release of a ``threading.Barrier`` to the
 last thread's finish, and the final count is checked against ``P * K``: lost
 updates are reported (``lost_updates``, ``exact``), not hidden.
 
-Importing this module registers the workload into
-``percpu.workloads.WORKLOADS`` when the harness is there, so that
+``percpu.workloads`` registers it as the workload ``pycounter``, so that
 ``python -m percpu.bench run --workloads pycounter`` runs it.
 """
 from __future__ import annotations
@@ -27,10 +26,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from percpu._checks import check_argv, check_mapping
+from percpu._checks import check_argv, check_int, check_mapping
+from percpu._core import MAX_THREADS
 from percpu.counters import COUNTERS
 
 __all__ = [
+    "BASELINE",
+    "DESCRIPTION",
     "PEERS",
     "PEER_PREFIX",
     "WORKLOAD",
@@ -39,18 +41,20 @@ __all__ = [
     "kernel",
     "main",
     "peer_status",
-    "register",
     "run",
     "strategies",
     "unavailable_strategies",
 ]
 
 WORKLOAD = "pycounter"
+DESCRIPTION = (
+    "P Python threads doing K increments each through the public Python "
+    "API on one shared counter (inplace=1: c += 1), percpu's counters and "
+    "the peers that are installed"
+)
+#: What speedups are measured against: the standard library's counter.
+BASELINE = "peer:itertools.count"
 PEER_PREFIX = "peer:"
-#: As many threads as the thread registry of percpu holds.
-MAX_THREADS = 1024
-#: As many ops per thread as percpu.workloads takes.
-MAX_OPS = 1 << 40
 
 Loop = Callable[[Any, int], None]
 
@@ -203,10 +207,6 @@ def unavailable_strategies() -> dict[str, str]:
     return {PEER_PREFIX + n: why for n, why in peer_status().items() if why is not None}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _prepare(strategy: str, inplace: bool) -> tuple[Any, Loop, Callable[[Any], int], str]:
     cls = COUNTERS.get(strategy)
     if cls is not None:
@@ -232,29 +232,44 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
     shared counter of ``strategy``.
 
     Returns ``seconds`` (barrier release to the last thread's finish),
-    ``ops`` (increments asked for, all threads), ``threads``, ``expected``,
+    ``ops`` (increments asked for, all threads), ``thread_ops`` (each
+    thread's), ``threads``, ``expected``,
     ``observed`` (the counter's final count), ``lost_updates`` (expected -
     observed), ``exact`` (bool), ``ns_per_increment`` (seconds / ops) and
     ``idiom`` (the statement each thread ran).
 
     Raises ``TypeError`` for a threads or ops that is not an int,
     ``ValueError`` for an unknown or unavailable strategy, ``threads``
-    outside 1..1024 or ``ops`` outside 0..2**40.
+    outside 1..MAX_THREADS or ``ops`` outside 0..2**40 (``percpu.workloads.MAX_OPS``).
     """
-    if not _is_int(threads):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-    if not _is_int(ops):
-        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
     if not isinstance(strategy, str):
         raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
-    if not 0 < threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
-    if not 0 <= ops <= MAX_OPS:
-        raise ValueError(f"ops must be in 0..{MAX_OPS}, not {ops}")
-    counter, loop, read, idiom = _prepare(strategy, bool(inplace))
+    _check_request(threads, ops)
+    return _run(strategy, threads, ops, bool(inplace))
+
+
+def _check_request(threads: object, ops: object) -> None:
+    # percpu.workloads imports this module: its limit is looked up at call time.
+    from percpu.workloads import MAX_OPS
+
+    check_int(threads, "threads", 1, MAX_THREADS)
+    check_int(ops, "ops", 0, MAX_OPS)
+
+
+#: A time-bounded run looks at the clock after every this many increments.
+TIMED_CHUNK = 256
+
+
+def _run(strategy: str, threads: int, ops: int, inplace: bool,
+         duration: float = 0.0) -> dict[str, Any]:
+    # The checked request of run() or of percpu.workloads.run(); duration > 0:
+    # every thread stops once that many seconds have passed since the start
+    # (ops is then a cap) and thread_ops says how far each got.
+    counter, loop, read, idiom = _prepare(strategy, inplace)
 
     started: list[float] = []
     ends = [0.0] * threads
+    done = [ops] * threads
     errors: list[BaseException] = []
 
     def release() -> None:
@@ -263,10 +278,24 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
     barrier = threading.Barrier(threads, action=release)
 
+    def timed(i: int) -> None:
+        deadline = started[0] + duration
+        n = 0
+        while n < ops:
+            k = min(TIMED_CHUNK, ops - n)
+            loop(counter, k)
+            n += k
+            if time.perf_counter() >= deadline:
+                break
+        done[i] = n
+
     def worker(i: int) -> None:
         try:
             barrier.wait()
-            loop(counter, ops)
+            if duration > 0:
+                timed(i)
+            else:
+                loop(counter, ops)
             ends[i] = time.perf_counter()
         except BaseException as exc:  # surfaced in the caller's thread below
             errors.append(exc)
@@ -281,12 +310,13 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
     if errors:
         raise RuntimeError(f"pycounter/{strategy}: a thread failed: {errors[0]!r}") from errors[0]
     seconds = max(ends) - started[0]
-    expected = threads * ops
+    expected = sum(done)
     observed = read(counter)
     total = expected
     return {
         "seconds": seconds,
         "ops": total,
+        "thread_ops": done,
         "threads": threads,
         "strategy": strategy,
         "expected": expected,
@@ -298,46 +328,19 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
     }
 
 
-def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
-    """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``)."""
+def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int],
+           duration_ns: int = 0) -> dict[str, Any]:
+    """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``;
+    ``duration_ns`` > 0: a time-bounded run, ``ops`` a cap)."""
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
+    _check_request(threads, ops)
     check_mapping(params, "params")
-    result = run(strategy, threads, ops, inplace=bool(params.get("inplace", 0)))
+    check_int(duration_ns, "duration_ns", 0)
+    result = _run(strategy, threads, ops, bool(params.get("inplace", 0)), duration_ns / 1e9)
     result.pop("strategy")
     result["kernel"] = "python"
     return result
-
-
-def register() -> bool:
-    """Register (or refresh) the ``pycounter`` workload in
-    ``percpu.workloads.WORKLOADS``; False when the harness is not there."""
-    try:
-        workloads = importlib.import_module("percpu.workloads")
-    except ModuleNotFoundError as exc:
-        if exc.name != "percpu.workloads":
-            raise
-        return False
-    workload_cls = getattr(workloads, "Workload", None)
-    add = getattr(workloads, "register", None)
-    if workload_cls is None or add is None:
-        # percpu.workloads is still being imported and has not defined its
-        # registry yet; it imports this module again once it has.
-        return False
-    add(
-        workload_cls(
-            WORKLOAD,
-            "P Python threads doing K increments each through the public Python "
-            "API on one shared counter (inplace=1: c += 1), percpu's counters and "
-            "the peers that are installed",
-            available_strategies(),
-            {"inplace": 0},
-            minimums={"inplace": 0},
-            unavailable=unavailable_strategies(),
-            kernel=kernel,
-            baseline="peer:itertools.count",
-        ),
-        replace=True,
-    )
-    return True
 
 
 def _table(threads: list[int], ops: int, repeat: int) -> list[tuple[str, str, int, float, int]]:
@@ -366,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         threads = [int(t) for t in (args[0] if args else "1,2").split(",") if t]
         ops = int(args[1]) if len(args) > 1 else 200_000
         repeat = int(args[2]) if len(args) > 2 else 5
-        if not threads or not all(0 < t <= MAX_THREADS for t in threads):
-            raise ValueError(f"THREADS must be in 1..{MAX_THREADS}")
-        if not 0 <= ops <= MAX_OPS:
-            raise ValueError(f"OPS must be in 0..{MAX_OPS}")
+        if not threads:
+            raise ValueError("THREADS lists no thread count")
+        for t in threads:
+            _check_request(t, ops)
         if repeat < 1:
             raise ValueError("REPEAT must be >= 1")
     except ValueError as exc:
@@ -384,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{strategy:24} {idiom:24} {n:>7} {ns:>8.1f} {lost:>6}")
     return 0
 
-
-register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@
  * atomics and cannot prove there is one writer; the exact totals below do.
  *
  * Usage: stress [--rseq-ids] [phase...]
- *   phases: init counters approx perthread grace (default: all of them),
+ *   phases: init counters approx perthread grace fork (default: all of them),
  *   source (only prints where cpu ids come from)
  *   --rseq-ids: take cpu ids from the rseq area glibc registered (the default
  *   in the library) instead of forcing the getcpu fallback with
@@ -25,6 +25,10 @@
  * (TSAN_OPTIONS=exitcode, or halt_on_error=1).
  */
 #include "percpu.h"
+#include "percpu/registry_init.h"
+#include "percpu/team.h"
+
+#include <sys/wait.h>
 
 #define THREADS 4
 #define OPS 20000
@@ -69,25 +73,15 @@ static void run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops, int p
 }
 
 /* ------------------------------------------------------------------------ */
-/* The registry, created as percpu._core creates it                           */
+/* The registry: created by the library's own pc_registry_create(), which     */
+/* also installs the fork handlers (the fork phase runs them).                */
 
-static pc_registry *the_registry;
-
-static void registry_thread_exit(void *rec) {
-    pc_registry_leave(the_registry, (pc_thread_rec *)rec);
-}
-
-static pc_registry *registry_new(void) {
-    pc_registry *reg = (pc_registry *)zalloc_aligned(sizeof *reg);
-    int i;
-    pthread_mutex_init(&reg->lock, NULL);
-    if (pthread_key_create(&reg->key, registry_thread_exit)) {
-        perror("pthread_key_create");
+static pc_registry *registry(void) {
+    if (!pc_the_registry && pc_registry_create() != 0) {
+        perror("pc_registry_create");
         exit(2);
     }
-    for (i = 0; i < PC_MAX_THREADS; i++) reg->recs[i].index = i;
-    reg->membarrier = PC_MB_NONE;
-    return reg;
+    return pc_the_registry;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -178,7 +172,7 @@ static void *counter_new(int kind, size_t *stride_out) {
     case K_ATOMIC: return zalloc_aligned(sizeof(pc_cell));
     case K_LOCKED: {
         pc_locked_counter *c = (pc_locked_counter *)zalloc_aligned(sizeof *c);
-        pthread_mutex_init(&c->lock, NULL);
+        if (pc_locked_counter_init(c, registry())) exit(2);
         return c;
     }
     case K_PERCPU: {
@@ -192,12 +186,12 @@ static void *counter_new(int kind, size_t *stride_out) {
         /* Fewer slots than threads: some threads take the overflow cell. */
         c->capacity = 2;
         c->slots = (char *)zalloc_aligned((size_t)c->capacity * PC_CACHELINE);
-        c->reg = the_registry;
+        c->reg = registry();
         return c;
     }
     case K_APPROX: {
         pc_approx_counter *c = (pc_approx_counter *)zalloc_aligned(sizeof *c);
-        pthread_mutex_init(&c->lock, NULL);
+        if (pc_approx_counter_init(c, registry())) exit(2);
         c->base = (char *)zalloc_aligned(n * stride);
         c->stride = stride;
         c->batch = 4; /* small: most adds fold */
@@ -215,11 +209,11 @@ static void *counter_new(int kind, size_t *stride_out) {
 
 static void counter_free(int kind, void *p) {
     switch (kind) {
-    case K_LOCKED: pthread_mutex_destroy(&((pc_locked_counter *)p)->lock); break;
+    case K_LOCKED: pc_locked_counter_fini((pc_locked_counter *)p, registry()); break;
     case K_PERCPU: free(((pc_percpu_counter *)p)->base); break;
     case K_PERTHREAD: free(((pc_perthread_counter *)p)->slots); break;
     case K_APPROX:
-        pthread_mutex_destroy(&((pc_approx_counter *)p)->lock);
+        pc_approx_counter_fini((pc_approx_counter *)p, registry());
         free(((pc_approx_counter *)p)->base);
         break;
     case K_STRIPED: free(((pc_striped_counter *)p)->cells); break;
@@ -295,7 +289,7 @@ typedef struct {
 
 static void grace_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
     grace_job *g = (grace_job *)arg;
-    pc_registry *reg = the_registry;
+    pc_registry *reg = pc_the_registry;
     if (tid == 0) {
         int64_t i;
         for (i = 0; i < g->swaps; i++) {
@@ -366,17 +360,84 @@ static void grace_run(const char *what) {
 }
 
 static void phase_grace(void) {
-    the_registry->membarrier = PC_MB_NONE;
+    pc_registry *reg = registry();
+    int32_t registered = reg->membarrier;
+    reg->membarrier = PC_MB_NONE;
     grace_run("fences");
     /* The expedited flavour: readers only order their seq store with a
      * compiler barrier, the writer's membarrier() fences them. */
-    if (pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED, 0) == 0) {
-        the_registry->membarrier = PC_MB_EXPEDITED;
+    if (registered != PC_MB_NONE) {
+        reg->membarrier = PC_MB_EXPEDITED;
         grace_run("membarrier");
-        the_registry->membarrier = PC_MB_NONE;
     } else {
-        fprintf(stderr, "grace (membarrier): not available here (%s), not run\n", strerror(errno));
+        fprintf(stderr, "grace (membarrier): not registered here, not run\n");
     }
+    reg->membarrier = registered;
+}
+
+/* ------------------------------------------------------------------------ */
+/* fork: the library's atfork handlers while other threads hold and release  */
+/* tracked locks; each child must find every lock free and the counts whole.  */
+
+typedef struct {
+    pc_locked_counter *locked;
+    pc_approx_counter *approx;
+    int32_t stop;
+    int64_t children;
+    int64_t bad;
+} fork_job;
+
+static void fork_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    fork_job *f = (fork_job *)arg;
+    int64_t i = 0;
+    (void)ops;
+    if (tid == 0) {
+        for (i = 0; i < 20; i++) {
+            pid_t pid = fork();
+            int status = 0;
+            if (pid == 0) {
+                /* Only this thread exists here: a lock another thread held
+                 * at fork would block forever. */
+                pc_locked_counter_add(f->locked, 1);
+                pc_approx_counter_add(f->approx, 1);
+                (void)pc_approx_counter_read(f->approx);
+                _exit(0);
+            }
+            if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+                WEXITSTATUS(status) != 0)
+                f->bad++;
+            f->children++;
+        }
+        /* Release: the workers see the stop flag and stop. */
+        pc_store_i32(&f->stop, 1, PC_RELEASE);
+        *done = ops;
+        return;
+    }
+    while (!pc_load_i32(&f->stop, PC_ACQUIRE)) {
+        pc_locked_counter_add(f->locked, 1);
+        pc_approx_counter_add(f->approx, 1);
+        i++;
+    }
+    *done = ops;
+    (void)i;
+}
+
+static void phase_fork(void) {
+    size_t stride;
+    fork_job f;
+    memset(&f, 0, sizeof f);
+    f.locked = (pc_locked_counter *)counter_new(K_LOCKED, &stride);
+    f.approx = (pc_approx_counter *)counter_new(K_APPROX, &stride);
+    run_team(fork_kernel, &f, THREADS, 1, 0);
+    CHECK(f.bad == 0, "fork: %lld of %lld children failed or hung", (long long)f.bad,
+          (long long)f.children);
+    CHECK(pc_locked_counter_read(f.locked) == pc_approx_counter_read(f.approx),
+          "fork: locked %lld != approx %lld", (long long)pc_locked_counter_read(f.locked),
+          (long long)pc_approx_counter_read(f.approx));
+    fprintf(stderr, "fork: %lld children, %lld adds beside them\n", (long long)f.children,
+            (long long)pc_locked_counter_read(f.locked));
+    counter_free(K_LOCKED, f.locked);
+    counter_free(K_APPROX, f.approx);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -386,7 +447,6 @@ int main(int argc, char **argv) {
     for (i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--rseq-ids")) rseq_ids = 1;
     if (!rseq_ids) setenv("PERCPU_NO_RSEQ", "1", 1);
-    the_registry = registry_new();
     /* The one-time cpu setup runs here, before any thread exists, as it does
      * at import in the library; only the init phase races it on purpose. */
     if (!(argc == 2 + rseq_ids && !strcmp(argv[argc - 1], "init"))) (void)pc_cpu_source();
@@ -400,6 +460,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(p, "approx")) phase_approx();
         else if (!strcmp(p, "source")) (void)pc_cpu_source();
         else if (!strcmp(p, "grace")) phase_grace();
+        else if (!strcmp(p, "fork")) phase_fork();
         else {
             fprintf(stderr, "unknown phase %s\n", p);
             return 2;
@@ -411,6 +472,7 @@ int main(int argc, char **argv) {
         phase_approx();
         phase_perthread();
         phase_grace();
+        phase_fork();
     }
     fprintf(stderr, "cpu source %s, nr_cpus %d, rseq fast paths %s: %s\n", pc_cpu_source_name(),
             pc_nr_cpus(), pc_rseq_live() ? "on" : "off", failures ? "FAILED" : "ok");

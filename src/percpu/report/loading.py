@@ -16,15 +16,6 @@ from typing import Any
 from percpu._checks import check_instance, check_path, check_paths, check_str, check_strs
 from percpu.report import stats
 
-#: The reference every speedup is measured against, per workload.
-BASELINES: Mapping[str, str] = {"packet": "atomic+atomic"}
-DEFAULT_BASELINE = "atomic"
-
-
-def baseline_for(workload: str) -> str:
-    return BASELINES.get(workload, DEFAULT_BASELINE)
-
-
 class ReportError(Exception):
     """An input the report cannot use; ``str()`` is one line naming the file."""
 
@@ -91,6 +82,22 @@ class Point:
         return not (lost is not None and lost != 0)
 
     @property
+    def fairness(self) -> float | None:
+        """Fewest over most ops among the threads of the time-bounded probe
+        run (None below 2 threads, or in files from before it was measured)."""
+        return self.number("percpu_fairness")
+
+    @property
+    def hot_line(self) -> bool:
+        """Whether every op of the strategy writes a line all threads write."""
+        return bool(self.number("percpu_hot_line"))
+
+    @property
+    def instructions(self) -> float | None:
+        """Instructions per op at 1 thread under callgrind, when counted."""
+        return self.number("percpu_instructions_per_op")
+
+    @property
     def params(self) -> dict[str, Any]:
         raw = self.metadata.get("percpu_params")
         if not isinstance(raw, str):
@@ -116,6 +123,14 @@ class ResultFile:
     def of(self, workload: str) -> list[Point]:
         return [p for p in self.points if p.workload == workload]
 
+    def baseline(self, workload: str) -> str | None:
+        """The strategy this file's ``workload`` points are measured against:
+        the workload's baseline, which percpu.bench records in every point
+        (``percpu_baseline``); load_file() checks that the points agree."""
+        for p in self.of(workload):
+            return str(p.metadata["percpu_baseline"])
+        return None
+
     def get(self, workload: str, strategy: str, threads: int) -> Point | None:
         for p in self.points:
             if (p.workload, p.strategy, p.threads) == (workload, strategy, threads):
@@ -125,8 +140,10 @@ class ResultFile:
 
 WORKLOAD_ORDER = ("stat", "netdev", "dst", "packet", "pycounter")
 STRATEGY_ORDER = (
-    "atomic", "bigref", "locked", "percpu", "perthread", "approx", "striped", "racy",
-    "atomic+atomic", "bigref+atomic", "atomic+percpu", "bigref+percpu",
+    "atomic", "atomic-sharedline", "bigref", "locked", "percpu", "perthread", "approx", "striped",
+    "racy",
+    "atomic+atomic", "atomic-sharedline+atomic-sharedline", "bigref+atomic",
+    "bigref+atomic-sharedline", "atomic+percpu", "bigref+percpu",
     "percpu+atomic", "percpu+percpu",
 )
 
@@ -149,7 +166,8 @@ def order_strategies(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=strategy_rank)
 
 
-_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int}
+_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int,
+             "percpu_baseline": str}
 
 #: How a workload figure that differs between pyperf runs (one per worker
 #: process) becomes one figure for the point; anything else is averaged.
@@ -248,6 +266,11 @@ def check_suite(path: str | Path, suite: Any, label: str | None = None) -> list[
         if key in seen:
             raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
         seen[key] = point.name
+        other = next((str(q.metadata["percpu_baseline"]) for q in points
+                      if q.workload == point.workload), None)
+        if other is not None and other != point.metadata["percpu_baseline"]:
+            raise ReportError(path, f"workload {point.workload!r} has points measured against "
+                              f"{other!r} and against {point.metadata['percpu_baseline']!r}")
         points.append(point)
     known = known_workloads()
     for point in points:
@@ -322,4 +345,21 @@ def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     names = list(labels) if labels is not None else unique_labels(as_paths)
     if len(set(names)) != len(names):
         raise ReportError("-", "labels must be unique")
-    return [load_file(p, name) for p, name in zip(as_paths, names)]
+    files = [load_file(p, name) for p, name in zip(as_paths, names)]
+    for workload in {w for f in files for w in f.workloads()}:
+        recorded = {(f.baseline(workload), f.path) for f in files if f.of(workload)}
+        if len({b for b, _ in recorded}) > 1:
+            detail = ", ".join(f"{path.name}: {b}" for b, path in sorted(recorded, key=str))
+            raise ReportError("-", f"the files measure {workload!r} against different "
+                              f"baselines ({detail}): results of different percpu versions?")
+    return files
+
+
+def baseline_for(files: Sequence[ResultFile], workload: str) -> str:
+    """The baseline of ``workload`` in ``files`` (load_results() made sure
+    that they agree)."""
+    for f in files:
+        b = f.baseline(workload)
+        if b is not None:
+            return b
+    raise KeyError(workload)
