@@ -3,9 +3,12 @@
 baseline (NaivePool).
 
 PerCPUPool follows "mm: Reimplementation of dynamic per-cpu allocator" (2005):
-memory comes in blocks of ``unit_size * nr_cpus`` bytes; an object is an offset
-inside a unit, and CPU ``c``'s copy lives at ``base + c * unit_size + offset``,
-so per_cpu_ptr is one add and there is no pointer array. Objects are packed
+memory comes in blocks of ``unit_size * nr_cpus`` bytes (plus one unit for the
+shared slots, see _alloc.pxd); an object is an offset inside a unit, and CPU
+``c``'s copy lives at ``base + c * unit_size + offset``, so per_cpu_ptr is one
+add and there is no pointer array. Only the copies of CPUs (or ids) that run
+are ever written, zeroed or read: the rest of a block stays untouched address
+space. Objects are packed
 inside a unit at 8-byte granules (no cache-line padding per object: the units
 already keep different CPUs' copies on different lines), free space is found
 with a bitmap, and ``atomic=True`` allocations are served only from space
@@ -15,7 +18,7 @@ NaivePool is what the kernel had before: one separate cache-line-aligned
 allocation per CPU per object, and a pointer array to find them.
 """
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -88,9 +91,14 @@ cdef int _pool_init(pc_pool *p, size_t unit_size) noexcept nogil:
     return 0
 
 
+cdef inline size_t _block_bytes(pc_pool *p) noexcept nogil:
+    # A unit per possible CPU, and one for the shared slots.
+    return p.unit_size * (<size_t>p.nr_cpus + 1)
+
+
 cdef void _pool_destroy(pc_pool *p) noexcept nogil:
     cdef int64_t b
-    cdef size_t nbytes = p.unit_size * <size_t>p.nr_cpus
+    cdef size_t nbytes = _block_bytes(p)
     if p.blocks != NULL:
         for b in range(p.nblocks):
             if p.mapped:
@@ -106,8 +114,9 @@ cdef void _pool_destroy(pc_pool *p) noexcept nogil:
 
 
 cdef int _block_new(pc_pool *p, pc_block *blk) noexcept nogil:
-    """Creates a block (outside the lock: this is the slow part of growth)."""
-    cdef size_t nbytes = p.unit_size * <size_t>p.nr_cpus
+    """Creates a block (outside the lock: this is the slow part of growth).
+    Its memory is zero: the zeroing of new objects relies on it."""
+    cdef size_t nbytes = _block_bytes(p)
     cdef void *mem = NULL
     # Every unit starts at a multiple of unit_size from an address aligned to
     # unit_size, so any alignment up to unit_size holds on every CPU's copy.
@@ -137,7 +146,7 @@ cdef int _block_new(pc_pool *p, pc_block *blk) noexcept nogil:
 
 cdef void _block_drop(pc_pool *p, pc_block *blk) noexcept nogil:
     if p.mapped:
-        pc_unmap(blk.base, p.unit_size * <size_t>p.nr_cpus)
+        pc_unmap(blk.base, _block_bytes(p))
     else:
         free(blk.base)
     free(blk.used)
@@ -220,12 +229,51 @@ cdef inline bint _bad_request(size_t size, size_t align, size_t limit) noexcept 
     return size == 0 or size > limit or align == 0 or (align & (align - 1)) != 0 or align > limit
 
 
+cdef void _zero_copies(pc_pool *p, int64_t h, size_t nbytes) noexcept nogil:
+    """Zeroes the copies of a new object that may have been written before:
+    the slots below the process's slot bound, the copies handed out by index,
+    the shared slot once shared slots are in use. Every other copy was never
+    written since the block was mapped, so it is still zero; leaving it alone
+    is what keeps the memory of CPUs that never run untouched.
+
+    Why the loads see every earlier write: a write to copy k of this space
+    (by any earlier owner) happened after its writer saw bound > k or
+    claimed > k (the writer's acquire load of the value a raise released, or
+    its own raise); the write happened before that owner's free (the
+    object's contract), which the pool lock orders before our take. So the
+    raise happens before these acquire loads, and they read it or a larger
+    value: neither ever shrinks."""
+    cdef pc_proc *proc = &_registry.proc
+    cdef char *first = pcpool_ptr(p, h, 0)
+    cdef int32_t rows = pc_slots_in_use(proc)
+    cdef int32_t claimed = pc_load_i32(&p.claimed, PC_ACQUIRE)
+    cdef int32_t c
+    if claimed > rows:
+        rows = claimed
+    if rows > p.nr_cpus:
+        rows = p.nr_cpus
+    for c in range(rows):
+        memset(first + <size_t>c * p.unit_size, 0, nbytes)
+    if pc_load_i32(&proc.shared_used, PC_ACQUIRE):
+        memset(first + <size_t>p.nr_cpus * p.unit_size, 0, nbytes)
+
+
+cdef void pcpool_claim(pc_pool *p, int ncpus) noexcept nogil:
+    cdef int32_t old = pc_load_i32(&p.claimed, PC_RELAXED)
+    if ncpus > p.nr_cpus:
+        ncpus = p.nr_cpus
+    # Release, paired with _zero_copies' acquire: the claim happens before
+    # any write through the copies it hands out, so an allocation that those
+    # writes happen before sees it.
+    while old < ncpus and not pc_cas_i32(&p.claimed, &old, ncpus, PC_RELEASE, PC_RELAXED):
+        pass
+
+
 cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) noexcept nogil:
-    cdef size_t n, ag, c, tail
+    cdef size_t n, ag, tail
     cdef int64_t h
     cdef bint want_refill = False
     cdef pc_block blk
-    cdef char *first
     if _bad_request(size, align, p.unit_size):
         return -2
     n = (size + GRANULE - 1) >> GRANULE_SHIFT
@@ -264,9 +312,7 @@ cdef int64_t pcpool_alloc(pc_pool *p, size_t size, size_t align, bint atomic) no
         pcpool_refill(p)
     # The space is ours since _take; the previous owner's writes happened
     # before its free, which the lock ordered before our take.
-    first = pcpool_ptr(p, h, 0)
-    for c in range(<size_t>p.nr_cpus):
-        memset(first + c * p.unit_size, 0, n << GRANULE_SHIFT)
+    _zero_copies(p, h, n << GRANULE_SHIFT)
     return h
 
 
@@ -649,20 +695,26 @@ cdef class PerCPUPool:
         return _live_size(pcpool_object_size(self.c, _as_handle(handle)), handle)
 
     def address(self, handle, cpu) -> int:
-        """Address of CPU ``cpu``'s copy (per_cpu_ptr)."""
+        """Address of CPU ``cpu``'s copy (per_cpu_ptr). From then on, new
+        objects of this pool are zeroed in that CPU's copy (and those
+        below it) too, as whoever holds the address may write there."""
         cdef int64_t h = _as_handle(handle)
         cdef int c = _as_cpu(cpu, self.c.nr_cpus)
         _live_size(pcpool_object_size(self.c, h), handle)
+        pcpool_claim(self.c, c + 1)
         return <uintptr_t>pcpool_ptr(self.c, h, c)
 
     def view(self, handle):
         """A live uint8 view, shape ``(nr_cpus, size)``, of every CPU's copy.
 
         The view keeps the pool alive; after ``free`` it still points at the
-        (possibly reused) space.
+        (possibly reused) space. A writable view of every CPU's copy makes
+        the pool zero every CPU's copy of its new objects from then on (the
+        memory of CPUs that never run is then touched on allocation).
         """
         cdef int64_t h = _as_handle(handle)
         cdef int64_t size = _live_size(pcpool_object_size(self.c, h), handle)
+        pcpool_claim(self.c, self.c.nr_cpus)
         cdef cnp.npy_intp dims[2]
         cdef cnp.npy_intp strides[2]
         cdef cnp.ndarray arr
@@ -690,7 +742,11 @@ cdef class PerCPUPool:
         """Footprint and counts. Byte figures cover all CPUs' copies:
         ``bytes_reserved`` is the blocks' memory, ``bytes_used`` the live
         objects' sizes rounded to the granule, ``bytes_free`` the free space,
-        ``metadata_bytes`` the bitmaps and block table."""
+        ``metadata_bytes`` the bitmaps and block table. These are address
+        space: the copies of CPUs that never run are never touched, and each
+        block's unit of shared slots (not counted) only by threads without
+        an rseq id. ``copies_zeroed`` is how many copies of each new object
+        allocation zeroes now."""
         cdef pc_pool snap
         cdef pc_pool *p = &snap
         cdef int64_t n = self.c.nr_cpus
@@ -712,6 +768,8 @@ cdef class PerCPUPool:
             "bytes_used": p.used_granules * GRANULE * n,
             "bytes_free": p.free_granules * GRANULE * n,
             "reserve_bytes": p.reserve_granules * GRANULE * n,
+            "copies_zeroed": min(max(pc_slots_in_use(&_registry.proc), p.claimed), p.nr_cpus)
+                             + (1 if _registry.proc.shared_used else 0),
             "metadata_bytes": <int64_t>sizeof(pc_pool) + p.cap * <int64_t>sizeof(pc_block)
                               + p.nblocks * <int64_t>(MAPS * p.map_words * sizeof(uint64_t)),
         }
