@@ -50,10 +50,16 @@ def render_templates():
 
 render_templates()
 
+# Every module includes the headers and may cimport any .pxd: a change to one
+# must rebuild the C of all (setuptools compares these with each extension).
+DEPENDS = sorted(str(p) for p in [*(HERE / "pyx" / "include").rglob("*.h"),
+                                   *(HERE / "src" / "percpu").glob("*.pxd")])
+
 extensions = [
     Extension(
         f"percpu._{name}",
         [f"pyx/{name}.pyx"],
+        depends=DEPENDS,
         include_dirs=["pyx/include", numpy.get_include()],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
@@ -63,8 +69,10 @@ extensions = [
     if (HERE / "pyx" / f"{name}.pyx").exists()
 ]
 
-# cythonize looks for pyx/<name>.pxd; the module's own declarations live in
-# src/percpu/_<name>.pxd, so drop the generated C when that file is newer.
+# Cython tracks the .pxd files a module cimports, but finds a module's own
+# declarations by file name (pyx/<name>.pxd), while they live beside the
+# package as src/percpu/_<name>.pxd (where users cimport them from): drop the
+# generated C when that file is newer, so that cythonize writes it again.
 for name in MODULES:
     pxd, c_file = HERE / "src" / "percpu" / f"_{name}.pxd", HERE / "pyx" / f"{name}.c"
     if pxd.exists() and c_file.exists() and pxd.stat().st_mtime > c_file.stat().st_mtime:

@@ -106,10 +106,21 @@ cdef void *_state(CounterBase counter):
     return (<StripedCounter>counter).c
 
 
+cdef void _generic_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    # Any counter class through its C vtable (CounterBase._add): a strategy
+    # that has no specialised loop yet, or a subclass, still runs.
+    cdef pc_counter_job *job = <pc_counter_job *>arg
+    cdef int64_t i
+    for i in range(ops):
+        (<CounterBase>job.c)._add(-1 if job.mixed and (i & 3) == 3 else 1)
+    done[0] = ops
+
+
 def hammer(CounterBase counter not None, int threads, long long ops, bint mixed=False,
            bint pin=False):
     """Run ``ops`` adds per thread on ``threads`` native threads (GIL released),
-    each add inlined in a loop specialised for the counter's strategy.
+    each add inlined in a loop specialised for the counter's strategy (any
+    other counter class, a subclass included, through its C vtable).
 
     ``mixed``: every fourth op subtracts 1 instead of adding it, so the
     expected total is ``threads * (ops - 2 * (ops // 4))``; otherwise
@@ -117,13 +128,17 @@ def hammer(CounterBase counter not None, int threads, long long ops, bint mixed=
     ``ns_per_op`` is wall time per op per thread.
     """
     kind = _KINDS.get(type(counter))
-    if kind is None:
-        raise TypeError(f"hammer() needs one of the percpu counters, not {type(counter).__name__}")
     cdef pc_counter_job job
-    job.kind = kind
+    cdef pc_kernel_fn fn = pc_counter_kernel
     job.mixed = mixed
-    job.c = _state(counter)
-    cdef int64_t wall_ns = pc_run_team(pc_counter_kernel, &job, threads, ops, NULL, pin)
+    if kind is None:
+        job.kind = -1
+        job.c = <void *>counter  # kept alive by the caller's reference
+        fn = _generic_counter_kernel
+    else:
+        job.kind = kind
+        job.c = _state(counter)
+    cdef int64_t wall_ns = pc_run_team(fn, &job, threads, ops, NULL, pin)
     per_thread = ops - 2 * (ops // 4) if mixed else ops
     return {
         "wall_ns": wall_ns,
