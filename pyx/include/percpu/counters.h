@@ -68,8 +68,14 @@ typedef struct {
     pc_registry *reg;
 } pc_percpu_counter;
 
+/* The choice as adopted by this module: from the counter's registry, or, for
+ * a struct filled in without one, this module's own adoption. */
+static inline pc_proc *pc_percpu_counter_proc(pc_percpu_counter *c) {
+    return PC_LIKELY(c->reg != NULL) ? pc_adopt_registry(c->reg) : pc_mod_proc();
+}
+
 static PC_COLD void pc_percpu_counter_add_slow(pc_percpu_counter *c, int64_t v) {
-    pc_percpu_add_slow(pc_adopt_registry(c->reg), c->base, c->stride, v);
+    pc_percpu_add_slow(pc_percpu_counter_proc(c), c->base, c->stride, v);
 }
 
 static inline void pc_percpu_counter_add(pc_percpu_counter *c, int64_t v) {
@@ -81,7 +87,9 @@ static inline void pc_percpu_counter_add(pc_percpu_counter *c, int64_t v) {
 
 /* Sums the slots in use: what the running CPUs cost, not the possible ones. */
 static inline int64_t pc_percpu_counter_read(pc_percpu_counter *c) {
-    return pc_slots_sum(&c->reg->proc, c->base, c->stride);
+    /* Reading needs the bound, not this module's adoption. */
+    return pc_slots_sum(PC_LIKELY(c->reg != NULL) ? &c->reg->proc : pc_mod_proc(), c->base,
+                        c->stride);
 }
 
 /* perthread: one padded slot per registered thread, written only by its
