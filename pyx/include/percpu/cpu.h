@@ -74,23 +74,6 @@ static int pc_online_cpus(void) {
     return onln > 0 ? (int)onln : 1;
 }
 
-/* CPUs this thread may run on (its affinity mask), the CPUs that can run
- * what the process does: what default batch and stripe counts follow. */
-static int pc_allowed_cpus(void) {
-    int n = pc_possible_cpus_read(), count = 0;
-    size_t size;
-    cpu_set_t *set;
-    if (n < 1024) n = 1024;
-    set = CPU_ALLOC((size_t)n);
-    if (set) {
-        size = CPU_ALLOC_SIZE((size_t)n);
-        CPU_ZERO_S(size, set);
-        if (sched_getaffinity(0, size, set) == 0) count = CPU_COUNT_S(size, set);
-        CPU_FREE(set);
-    }
-    return count > 0 ? count : pc_online_cpus();
-}
-
 /* Whether this build has the rseq critical sections (x86-64 inline asm). */
 #if defined(__x86_64__) && !defined(PERCPU_NO_RSEQ_ASM)
 #define PC_HAVE_RSEQ_ASM 1
@@ -407,6 +390,23 @@ static inline int pc_nr_cpus(void) {
     /* Racing initialisers compute the same value: relaxed is enough. */
     pc_store_i32(&pc_nr_cpus_cached, n, PC_RELAXED);
     return n;
+}
+
+/* CPUs this thread may run on (its affinity mask), the CPUs that can run
+ * what the process does: what default batch and stripe counts follow. */
+static int pc_allowed_cpus(void) {
+    int n = pc_nr_cpus(), count = 0;
+    size_t size;
+    cpu_set_t *set;
+    if (n < 1024) n = 1024;
+    set = CPU_ALLOC((size_t)n);
+    if (set) {
+        size = CPU_ALLOC_SIZE((size_t)n);
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(0, size, set) == 0) count = CPU_COUNT_S(size, set);
+        CPU_FREE(set);
+    }
+    return count > 0 ? count : pc_online_cpus();
 }
 
 /* The CPU this thread ran on a moment ago: always in [0, nr_cpus). A hint
