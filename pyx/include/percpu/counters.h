@@ -172,9 +172,9 @@ static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
 static PC_COLD void pc_approx_counter_add_slow(pc_approx_counter *c, int64_t v, int rc) {
     pc_proc *p = pc_adopt_registry(c->reg);
     if (p->sections) {
-        /* 1 aborted, 3 no id below the bound: retry while this thread has
+        /* 1 aborted or no id below the bound: retry while this thread has
          * an id; 2 the delta would reach the batch: fold. */
-        while (rc == 1 || rc == 3) {
+        while (rc == 1) {
             if (pc_rseq_id_check(p) == PC_ID_SHARED) break;
             rc = pc_rseq_try_add_bounded(c->base, c->stride, v, c->batch);
         }

@@ -177,12 +177,14 @@ typedef struct {
  * adopted, its fast paths fail over to the slow path, which adopts.
  */
 typedef struct {
-    int64_t area;      /* rseq_offset where the fast paths run sections, else 0 */
-    int64_t id;        /* rseq_offset + id_field: where this thread's id lives */
+    int64_t area;      /* where the fast paths run sections: rseq_offset with
+                        * cpu ids, rseq_offset + 1 with mm_cid (the area is 32-byte
+                        * aligned, so the low bit is free); 0: no sections here
+                        * (not adopted, or none in this process) */
     int64_t rseq;      /* rseq_offset in the rseq modes, else 0 */
     int32_t bound;     /* a copy of proc->bound, never above it (stale is safe),
-                        * and the fast paths' gate: 0 until this module adopted
-                        * a choice with sections, so every id fails it */
+                        * and a gate of the fast paths: 0 until this module
+                        * adopted a choice with sections, so every id fails it */
     int32_t mode;      /* proc->mode once adopted, PC_CPU_UNINIT before */
     int32_t refs;      /* 1: reference sections, 2: registry sections, 0: not adopted */
     int32_t nr_cpus;
@@ -212,9 +214,13 @@ static PC_COLD void pc_bound_cache_raise(pc_proc *p, int32_t b) {
 static PC_COLD pc_proc *pc_adopt(pc_proc *proc) {
     pc_store_ptr((void **)&pc_mod.proc, proc, PC_RELAXED);
     pc_store_i32(&pc_mod.nr_cpus, proc->nr_cpus, PC_RELAXED);
-    pc_store_i64(&pc_mod.id, proc->rseq_offset + proc->id_field, PC_RELAXED);
     pc_store_i64(&pc_mod.rseq, proc->rseq_offset, PC_RELAXED);
-    pc_store_i64(&pc_mod.area, proc->sections ? proc->rseq_offset : 0, PC_RELAXED);
+    /* Relaxed: the fast paths read the area offset once per add and use it
+     * alone (every field at a constant displacement from it); it is written
+     * with the same value by every adopter. */
+    pc_store_i64(&pc_mod.area,
+                 proc->sections ? proc->rseq_offset + (proc->mode == PC_CPU_MM_CID) : 0,
+                 PC_RELAXED);
     pc_store_i32(&pc_mod.refs, proc->refs_sections ? 1 : 2, PC_RELEASE);
     pc_bound_cache_raise(proc, pc_load_i32(&proc->bound, PC_ACQUIRE));
     pc_store_i32(&pc_mod.mode, proc->mode, PC_RELEASE);
@@ -308,7 +314,10 @@ static PC_COLD void pc_proc_decide(pc_proc *p) {
     if (mode == PC_CPU_THREAD && sched_getcpu() >= 0) mode = PC_CPU_GETCPU;
     if (mode != PC_CPU_RSEQ && mode != PC_CPU_MM_CID) p->rseq_offset = 0;
     p->mode = mode;
-    p->sections = PC_HAVE_RSEQ_ASM && p->rseq_offset != 0;
+    /* The sections find the area's fields at constant displacements from
+     * rseq_offset and tell the id source by its low bit: the area is 32-byte
+     * aligned (the kernel requires it), the thread pointer at least that. */
+    p->sections = PC_HAVE_RSEQ_ASM && p->rseq_offset != 0 && (p->rseq_offset & 31) == 0;
 }
 
 /* ------------------------------------------------------------------------ */
