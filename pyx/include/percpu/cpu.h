@@ -137,10 +137,13 @@ struct pc_rseq_abi {
  *
  * Memory orders of the bound: a raise is a release (CAS); every load that a
  * writer bases a slot write on, and every load of a reader or the allocator,
- * is an acquire. A writer's raise (or the raise it read) therefore happens
- * before its slot write, and a reader or allocator that the write happens
- * before reads that bound or a later, larger one (coherence), so it covers
- * the slot.
+ * is an acquire (in a section, an x86 load before the committing store, which
+ * TSO keeps in order: see percpu/rseq.h). A writer's raise (or the raise it
+ * read) therefore happens before its slot write, and a reader or allocator
+ * that the write happens before reads that bound or a later, larger one
+ * (coherence), so it covers the slot. A module's copy of the bound is raised
+ * with release after an acquire load (or a raise) of the process's, so the
+ * chain holds through it.
  *
  * The shared slot. Each object has one more slot, at index nr_cpus, that no
  * rseq section ever writes: a thread that has no id (its rseq registration is
