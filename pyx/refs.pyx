@@ -52,6 +52,9 @@ cdef inline void _state_clear(pc_ref *r, int32_t bits) noexcept nogil:
 cdef void _lock(pc_ref *r) noexcept nogil:
     cdef int32_t free_
     cdef int spins = 0
+    # Through the fork gate: fork() waits until no switch lock is held
+    # (registry.h), so a child never inherits one held by a thread it lacks.
+    pc_fork_gate_enter(r.reg)
     while True:
         free_ = 0
         # Acquire: the new holder sees the mode, count and slots as the
@@ -70,32 +73,60 @@ cdef void _lock(pc_ref *r) noexcept nogil:
 cdef inline void _unlock(pc_ref *r) noexcept nogil:
     # Release: pairs with the next _lock's acquire.
     pc_store_i32(&r.lock, 0, PC_RELEASE)
+    pc_fork_gate_leave(r.reg)
 
 
 # ---------------------------------------------------------------------------
 # The release and the shared count
 
 cdef int _release(pc_ref *r) noexcept nogil:
-    # The state bit is the one decision on who runs the callback, so that even
-    # a misused count (puts after reinit races, a put after a clamp) cannot
-    # release twice. Seq_cst: a holder that announces itself and then checks
+    # Called by the one thread that moved the count to PCREF_DEAD; the state
+    # bit stays a second guard, so that even a misused count cannot release
+    # twice. Seq_cst: a holder that announces itself and then checks
     # `released` (as the stress test does) must see one or be seen.
-    cdef int32_t old = _state_or(r, PCREF_RELEASED, PC_SEQ_CST)
+    #
+    # The callback may free the struct that holds r (or reinit r): r is read
+    # before it and never touched after it. Without a callback the release is
+    # complete at once, so DONE goes in with RELEASED (one store: a thread
+    # that frees r on seeing either bit cannot race a second one).
+    cdef pc_ref_release_fn fn = r.release
+    cdef void *ctx = r.ctx
+    cdef int32_t old = _state_or(r, PCREF_RELEASED if fn != NULL else PCREF_RELEASED | PCREF_DONE,
+                                 PC_SEQ_CST)
     if old & PCREF_RELEASED:
         return 0
-    if r.release != NULL:
-        r.release(r.ctx)
-    # Release: a waiter that sees DONE sees what the callback did.
-    _state_or(r, PCREF_DONE, PC_RELEASE)
+    if fn != NULL:
+        fn(ctx)
     return 1
+
+
+cdef int _decide_release(pc_ref *r, int64_t c) noexcept nogil:
+    # The count was seen at c <= 0 with nobody holding a reference: release,
+    # if this thread moves it to PCREF_DEAD first. From there a get (misused:
+    # it needs a reference) lands deep below zero and fails, and tryget
+    # refuses: no increment can make a released count positive again.
+    # A count that went back above zero was taken by a get (without a
+    # reference of its own, so misused, but nobody else holds one): that
+    # holder's put releases it later. Returns 1 released, 0 revived,
+    # PCREF_ERR_STATE already released (only a misused put gets there).
+    while True:
+        if c > 0:
+            return 0
+        if c <= PCREF_DEAD_ZONE:
+            return PCREF_ERR_STATE
+        # Acquire: the count's history of release-ordered puts (a release
+        # sequence that this CAS reads from) comes before the callback.
+        if pc_cas_i64(&r.count, &c, PCREF_DEAD, PC_ACQUIRE, PC_RELAXED):
+            return 1 if _release(r) else PCREF_ERR_STATE
 
 
 cdef int pcref_put_last(pc_ref *r, int64_t old) noexcept nogil:
     if old == 1:
-        # Acquire: pairs with the release of every earlier put, so every
-        # holder's use of the object happens before the callback.
-        pc_fence(PC_ACQUIRE)
-        return 1 if _release(r) else PCREF_ERR_STATE
+        # Ours was the last reference; the release is decided on the count
+        # (_decide_release), not by the decrement alone, so that a misused
+        # get in between cannot hand a tryget a reference to a released
+        # object.
+        return _decide_release(r, 0)
     # The count was already zero (released) or below: put it back, so that
     # tryget keeps refusing and the caller learns of the extra put.
     pc_fetch_add_i64(&r.count, 1, PC_RELAXED)
@@ -125,20 +156,46 @@ cdef inline int _shared_tryget(pc_ref *r) noexcept nogil:
     return 0
 
 
+cdef int _shared_tryget_live(pc_ref *r) noexcept nogil:
+    # Any thread may come here at any time: shared mode, a registry that is
+    # full, rseq sections aborted time after time. No grace period waits for
+    # it, so kill() may run entirely between a mode check and the increment.
+    # Hence check, increment, and check again: kill stores PCREF_MODE_DEAD
+    # (seq_cst) and then fences (seq_cst) before its first access to the count.
+    # If the second check (seq_cst) does not see DEAD, it precedes that store
+    # in the single total order, so does our increment (seq_cst CAS), and the
+    # kill's fold, its put and every value() after it count our reference. If
+    # it does see DEAD, our reference came too late: give it back.
+    cdef int64_t c
+    # Relaxed: a cheap early refusal; the check that decides is below.
+    if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
+        return 0
+    c = pc_load_i64(&r.count, PC_RELAXED)
+    while True:
+        if c <= 0:
+            return 0
+        if pc_cas_i64(&r.count, &c, c + 1, PC_SEQ_CST, PC_RELAXED):
+            break
+    if pc_load_i32(&r.mode, PC_SEQ_CST) != PCREF_MODE_DEAD:
+        return 1
+    # This put may be the last one (everybody else let go meanwhile) and run
+    # the release callback, which may free r: nothing touches r after it.
+    pcref_shared_put(r)
+    return 0
+
+
 cdef int _shared_op(pc_ref *r, int op) noexcept nogil:
     # Always right, in any mode: in per-CPU mode the bias keeps the count
     # far from zero and the fold adds the slots to it.
     if op == PCREF_OP_GET:
-        # Relaxed: see atomicref_get.
-        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) > 0):
+        # Relaxed: see atomicref_get (which explains ">= 0").
+        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) >= 0):
             return 0
         return pcref_undo_get(r)
     if op == PCREF_OP_PUT:
         return pcref_shared_put(r)
-    # Relaxed: kill stores DEAD before it drops the initial reference; a
-    # tryget_live that reads an older mode is ordered before the kill.
-    if op == PCREF_OP_TRYGET_LIVE and pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
-        return 0
+    if op == PCREF_OP_TRYGET_LIVE:
+        return _shared_tryget_live(r)
     return _shared_tryget(r)
 
 
@@ -228,13 +285,9 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
 cdef int _underflow(pc_ref *r) noexcept nogil:
     # The fold found fewer references than the initial one the switch still
     # counts on: more puts than gets. The count says nobody holds it, so
-    # release it (once) and report; clamp to zero so tryget refuses.
-    cdef int64_t c = pc_load_i64(&r.count, PC_RELAXED)
-    while c < 0:
-        if pc_cas_i64(&r.count, &c, 0, PC_ACQ_REL, PC_RELAXED):
-            break
-    pc_fence(PC_ACQUIRE)
-    _release(r)
+    # release it (once, moving it to PCREF_DEAD so tryget refuses) and report.
+    # r may be gone after the release: the return code is all that is left.
+    _decide_release(r, pc_load_i64(&r.count, PC_RELAXED))
     return PCREF_ERR_UNDERFLOW
 
 
@@ -263,9 +316,18 @@ cdef int ref_kill_and_confirm(pc_ref *r, pc_ref_release_fn confirm, void *confir
             n = _leave_percpu(r, PCREF_MODE_DEAD)
         else:
             # Already shared (switch_to_atomic): no slot holds anything.
+            # The fence orders the store before our accesses to the count,
+            # which _shared_tryget_live relies on (in per-CPU mode the grace
+            # period fences: membarrier() or a seq_cst fence).
             pc_store_i32(&r.mode, PCREF_MODE_DEAD, PC_SEQ_CST)
+            pc_fence(PC_SEQ_CST)
         _unlock(r)
         if n <= 0:
+            # More puts than gets: the release below is not the caller's to
+            # stop, but the shared mode is in force, so confirm still runs
+            # first, as it does on every other path.
+            if confirm != NULL:
+                confirm(confirm_ctx)
             return _underflow(r)
     # The initial reference is still held: nothing can be released before
     # confirm has run.
@@ -330,9 +392,11 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
     if r.kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
     _lock(r)
-    # DONE, not only RELEASED: a reinit from inside the callback would have
-    # its state overwritten when the callback returns.
-    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_DONE):
+    # RELEASED: the count is PCREF_DEAD and nobody holds a reference. The
+    # release callback may be running still (a reinit from inside it is
+    # fine: the library does not touch r after calling it); waiting for it
+    # is the caller's business (the Python class waits for PCREF_DONE).
+    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_RELEASED):
         _unlock(r)
         return PCREF_ERR_STATE
     # Nobody holds a reference and the slots were cleared by the fold that
@@ -347,7 +411,8 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
 cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     cdef int64_t v
     if r.kind == PCREF_ATOMIC:
-        return pc_load_i64(&r.count, PC_RELAXED)
+        v = pc_load_i64(&r.count, PC_RELAXED)
+        return 0 if v <= PCREF_DEAD_ZONE else v
     # Under the lock no fold is half done: either the bias is in the count
     # and the slots hold their share, or the count holds everything.
     _lock(r)
@@ -355,7 +420,8 @@ cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_PERCPU:
         v += pc_percpu_sum(r.base, r.stride) - PCREF_BIAS
     _unlock(r)
-    return v
+    # Released: PCREF_DEAD, plus any misused gets in flight.
+    return 0 if v <= PCREF_DEAD_ZONE else v
 
 
 cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
@@ -363,7 +429,8 @@ cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
     # the bias in its count, so it cannot read as zero by mistake.
     if r.kind != PCREF_ATOMIC and pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
         return False
-    return pc_load_i64(&r.count, PC_ACQUIRE) == 0
+    # Zero on its way to release, or PCREF_DEAD (released).
+    return pc_load_i64(&r.count, PC_ACQUIRE) <= 0
 
 
 cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
@@ -371,9 +438,10 @@ cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
     cdef int64_t h
     memset(r, 0, sizeof(pc_ref))
     # Until it is set up, the struct reads as released and off the per-CPU
-    # mode, so no path can reach the (absent) slots.
+    # mode, so no path can reach the (absent) slots, and every get fails.
     r.mode = PCREF_MODE_DEAD
     r.state = PCREF_RELEASED | PCREF_DONE
+    r.count = PCREF_DEAD
     r.reg = _registry
     if kind != PCREF_ATOMIC and kind != PCREF_BIGREF and kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
@@ -423,10 +491,21 @@ cdef void _call_noexcept(object fn) noexcept:
     fn()
 
 
+cdef void _py_release_done(void *ctx) noexcept:
+    # The library does not touch the struct once it has called us; the
+    # Python object records the end of on_release itself, for wait_released()
+    # and reinit(). `self` holds a new reference: on_release may drop the
+    # last other one, and the object must outlive the store below.
+    cdef _Ref self = <_Ref>ctx
+    _call_noexcept(self.on_release)
+    # Release: a waiter that sees DONE sees what the callback did.
+    _state_or(&self.c, PCREF_DONE, PC_RELEASE)
+
+
 cdef void _py_release(void *ctx) noexcept nogil:
     # The only place a native thread takes the GIL: the last put.
     with gil:
-        _call_noexcept((<_Ref>ctx).on_release)
+        _py_release_done(ctx)
 
 
 cdef void _py_confirm(void *ctx) noexcept nogil:
@@ -488,6 +567,7 @@ cdef class _Ref:
         self.c.mode = PCREF_MODE_DEAD
         self.c.kind = PCREF_ATOMIC
         self.c.state = PCREF_RELEASED | PCREF_DONE
+        self.c.count = PCREF_DEAD
 
     def __dealloc__(self):
         ref_destroy(&self.c)
@@ -649,9 +729,13 @@ cdef class PercpuRef(_Ref):
 
     def reinit(self) -> None:
         """Start a released reference over: live, per-CPU, one reference."""
-        cdef int rc
-        with nogil:
-            rc = ref_reinit(&self.c)
+        cdef int rc = PCREF_ERR_STATE
+        # Once on_release has returned (DONE), not only released: the
+        # callback must not find its object live again, and its end must not
+        # mark the new life as done.
+        if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
+            with nogil:
+                rc = ref_reinit(&self.c)
         _check(rc, "reinit() needs a released reference; reinit()")
 
     def is_zero(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os as _os
 
-__version__ = "0.1.0"
+from percpu._version import __version__
 
 try:
     from percpu._core import current_cpu, features, nr_cpus

@@ -114,6 +114,8 @@ cdef extern from "percpu.h" nogil:
     void pc_synchronize(pc_registry *reg)
     void pc_fork_track(pc_registry *reg, pc_fork_node *n, void *mutex, int32_t *spin)
     void pc_fork_untrack(pc_registry *reg, pc_fork_node *n)
+    void pc_fork_gate_enter(pc_registry *reg)
+    void pc_fork_gate_leave(pc_registry *reg)
     bint pc_refs_rseq(const pc_registry *reg)
     pc_proc *pc_adopt_registry(pc_registry *reg)
 

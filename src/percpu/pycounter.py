@@ -235,7 +235,8 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
     shared counter of ``strategy``.
 
     Returns ``seconds`` (barrier release to the last thread's finish),
-    ``ops`` (increments asked for, all threads), ``threads``, ``expected``,
+    ``ops`` (increments asked for, all threads), ``thread_ops`` (each
+    thread's), ``threads``, ``expected``,
     ``observed`` (the counter's final count), ``lost_updates`` (expected -
     observed), ``exact`` (bool), ``ns_per_increment`` (seconds / ops) and
     ``idiom`` (the statement each thread ran).
@@ -257,12 +258,20 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
     return _run(strategy, threads, ops, bool(inplace))
 
 
-def _run(strategy: str, threads: int, ops: int, inplace: bool) -> dict[str, Any]:
-    # The checked request of run() or of percpu.workloads.run().
+#: A time-bounded run looks at the clock after every this many increments.
+TIMED_CHUNK = 256
+
+
+def _run(strategy: str, threads: int, ops: int, inplace: bool,
+         duration: float = 0.0) -> dict[str, Any]:
+    # The checked request of run() or of percpu.workloads.run(); duration > 0:
+    # every thread stops once that many seconds have passed since the start
+    # (ops is then a cap) and thread_ops says how far each got.
     counter, loop, read, idiom = _prepare(strategy, inplace)
 
     started: list[float] = []
     ends = [0.0] * threads
+    done = [ops] * threads
     errors: list[BaseException] = []
 
     def release() -> None:
@@ -271,10 +280,24 @@ def _run(strategy: str, threads: int, ops: int, inplace: bool) -> dict[str, Any]
 
     barrier = threading.Barrier(threads, action=release)
 
+    def timed(i: int) -> None:
+        deadline = started[0] + duration
+        n = 0
+        while n < ops:
+            k = min(TIMED_CHUNK, ops - n)
+            loop(counter, k)
+            n += k
+            if time.perf_counter() >= deadline:
+                break
+        done[i] = n
+
     def worker(i: int) -> None:
         try:
             barrier.wait()
-            loop(counter, ops)
+            if duration > 0:
+                timed(i)
+            else:
+                loop(counter, ops)
             ends[i] = time.perf_counter()
         except BaseException as exc:  # surfaced in the caller's thread below
             errors.append(exc)
@@ -289,12 +312,13 @@ def _run(strategy: str, threads: int, ops: int, inplace: bool) -> dict[str, Any]
     if errors:
         raise RuntimeError(f"pycounter/{strategy}: a thread failed: {errors[0]!r}") from errors[0]
     seconds = max(ends) - started[0]
-    expected = threads * ops
+    expected = sum(done)
     observed = read(counter)
     total = expected
     return {
         "seconds": seconds,
         "ops": total,
+        "thread_ops": done,
         "threads": threads,
         "strategy": strategy,
         "expected": expected,
@@ -306,9 +330,11 @@ def _run(strategy: str, threads: int, ops: int, inplace: bool) -> dict[str, Any]
     }
 
 
-def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
-    """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``)."""
-    result = _run(strategy, threads, ops, bool(params["inplace"]))
+def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int],
+           duration_ns: int = 0) -> dict[str, Any]:
+    """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``;
+    ``duration_ns`` > 0: a time-bounded run, ``ops`` a cap)."""
+    result = _run(strategy, threads, ops, bool(params["inplace"]), duration_ns / 1e9)
     result.pop("strategy")
     result["kernel"] = "python"
     return result

@@ -15,9 +15,10 @@ import pyperf
 
 import percpu
 from percpu import workloads
-from percpu.bench._presets import default_threads
+from percpu.bench._presets import FAIRNESS_SECONDS, default_threads
 
 __all__ = [
+    "FAIRNESS_SECONDS",
     "METADATA_PREFIX",
     "Output",
     "Point",
@@ -143,12 +144,16 @@ def _params_per_workload(selected: Sequence[workloads.Workload],
 
 
 def point_metadata(point: Point) -> dict[str, Any]:
-    """The contract metadata of a point (figures from a run come separately)."""
+    """The contract metadata of a point (figures from a run come separately).
+    ``percpu_hot_line`` is 1 where every op of the strategy writes a line all
+    threads write (a shared count, a lock): where a thread can be starved."""
+    workload = workloads.WORKLOADS[point.workload]
     return {
         "percpu_workload": point.workload,
         "percpu_strategy": point.strategy,
         "percpu_threads": point.threads,
-        "percpu_baseline": workloads.WORKLOADS[point.workload].baseline,
+        "percpu_baseline": workload.baseline,
+        "percpu_hot_line": int(point.strategy in workload.hot_line),
         "percpu_params": json.dumps(dict(point.params), sort_keys=True, separators=(",", ":")),
         "percpu_nr_cpus": percpu.nr_cpus(),
         "percpu_features": json.dumps(percpu.features(), sort_keys=True, separators=(",", ":")),
@@ -192,17 +197,31 @@ def probe_ops(point: Point, events: int) -> int:
     return max(10_000, events * max(every, default=0))
 
 
-def probe(point: Point, events: int) -> dict[str, Any]:
+def probe(point: Point, events: int, fairness_seconds: float = FAIRNESS_SECONDS) -> dict[str, Any]:
     """Run the point once outside pyperf and return its figures as metadata.
 
     pyperf keeps only the metadata every run agrees on; figures measured in
     each worker would differ and vanish from the benchmark's metadata, so they
     are measured once here and stamped on all of its runs.
+
+    With two or more threads the point also runs time-bounded for
+    ``fairness_seconds`` (every thread to the same deadline, not to a count):
+    ``percpu_fairness`` is the fewest ops any thread did over the most
+    (1.0: perfectly fair), ``percpu_fairness_min_ops``/``_max_ops`` the two
+    counts.
     """
     ops = probe_ops(point, events)
     result = workloads.run(point.workload, point.strategy, point.threads, ops, **point.params)
     meta = figures_metadata(result)
     meta["percpu_probe_ops"] = ops
+    if point.threads >= 2:
+        timed = workloads.run_timed(point.workload, point.strategy, point.threads,
+                                    fairness_seconds, **point.params)
+        if timed["fairness"] is not None:
+            meta["percpu_fairness"] = timed["fairness"]
+            meta["percpu_fairness_min_ops"] = min(timed["thread_ops"])
+            meta["percpu_fairness_max_ops"] = max(timed["thread_ops"])
+            meta["percpu_fairness_seconds"] = fairness_seconds
     return meta
 
 
@@ -320,12 +339,14 @@ def _time_point(point: Point) -> Callable[[int], float]:
 
 
 def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Output] = (),
-          probe_events: int = 4) -> int:
+          probe_events: int = 4, fairness_seconds: float = FAIRNESS_SECONDS,
+          extra: Mapping[str, Mapping[str, Any]] | None = None) -> int:
     """Run every point through ``runner``; returns the exit status.
 
     In a pyperf worker this only measures the point the worker was started
     for. In the parent it first runs each point once for its figures, then
-    lets pyperf measure it, stamps the figures on the benchmark and saves
+    lets pyperf measure it, stamps the figures (and ``extra[point.name]``,
+    e.g. instruction counts measured beforehand) on the benchmark and saves
     every output. SIGINT stops the sweep, keeping the saved points (130).
     """
     args = runner.parse_args()
@@ -357,7 +378,8 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
             left = f", left ~{_clock(elapsed / i * (len(points) - i))}" if i else ""
             _say(f"[{i + 1}/{len(points)}] {point.name} (elapsed {_clock(elapsed)}{left})")
             try:
-                figures = probe(point, probe_events)
+                figures = probe(point, probe_events, fairness_seconds)
+                figures.update((extra or {}).get(point.name, {}))
                 bench = runner.bench_time_func(point.name, _time_point(point),
                                                metadata=point_metadata(point))
             except (KeyboardInterrupt, SystemExit):

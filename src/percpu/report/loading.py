@@ -80,6 +80,22 @@ class Point:
         return not (lost is not None and lost != 0)
 
     @property
+    def fairness(self) -> float | None:
+        """Fewest over most ops among the threads of the time-bounded probe
+        run (None below 2 threads, or in files from before it was measured)."""
+        return self.number("percpu_fairness")
+
+    @property
+    def hot_line(self) -> bool:
+        """Whether every op of the strategy writes a line all threads write."""
+        return bool(self.number("percpu_hot_line"))
+
+    @property
+    def instructions(self) -> float | None:
+        """Instructions per op at 1 thread under callgrind, when counted."""
+        return self.number("percpu_instructions_per_op")
+
+    @property
     def params(self) -> dict[str, Any]:
         raw = self.metadata.get("percpu_params")
         if not isinstance(raw, str):
@@ -122,8 +138,10 @@ class ResultFile:
 
 WORKLOAD_ORDER = ("stat", "netdev", "dst", "packet", "pycounter")
 STRATEGY_ORDER = (
-    "atomic", "bigref", "locked", "percpu", "perthread", "approx", "striped", "racy",
-    "atomic+atomic", "bigref+atomic", "atomic+percpu", "bigref+percpu",
+    "atomic", "atomic-sharedline", "bigref", "locked", "percpu", "perthread", "approx", "striped",
+    "racy",
+    "atomic+atomic", "atomic-sharedline+atomic-sharedline", "bigref+atomic",
+    "bigref+atomic-sharedline", "atomic+percpu", "bigref+percpu",
     "percpu+atomic", "percpu+percpu",
 )
 
