@@ -235,7 +235,7 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
             # (stale cpu ids, per-thread fallback ids). Relaxed: the slots
             # only feed the fold, which reads them after the grace period;
             # pc_section_exit's release store orders this add before it.
-            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_cpu() * r.stride), v,
+            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_slot() * r.stride), v,
                              PC_RELAXED)
             pc_section_exit(rec)
             return committed
@@ -269,7 +269,11 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
     # section in flight, and the registry scan waits for open fallback
     # sections.
     pc_synchronize(r.reg)
-    n = pc_nr_cpus()
+    # Only the slots in use can hold anything (see pc_proc in percpu/cpu.h):
+    # an add that committed raised the bound (or saw it raised) before it
+    # wrote, and the grace period made that add, and so the raise, visible
+    # here.
+    n = pc_slots_in_use(&r.reg.proc)
     for c in range(n):
         # Relaxed: nobody writes the slots any more, and the grace period
         # made every committed add visible to us.
