@@ -723,7 +723,6 @@ def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long lo
 # Reference lifetimes: kill against tryget_live, misused gets, callbacks that
 # free the object, and a thread that uses the registry after its record went.
 
-cdef pc_registry *_registry = pc_registry_import()
 
 cdef struct _LiveArg:
     pc_ref ref
