@@ -27,6 +27,7 @@ def _metadata(name: str = "stat/atomic/t1", **extra: Any) -> dict[str, Any]:
     md: dict[str, Any] = {
         "name": name, "loops": 10, "unit": "second", "percpu_workload": "stat",
         "percpu_strategy": "atomic", "percpu_threads": 1, "percpu_params": "{}",
+        "percpu_baseline": "atomic",
         "percpu_version": percpu.__version__,
     }
     md.update(extra)
