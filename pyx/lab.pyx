@@ -34,9 +34,6 @@ cdef extern from "percpu/lab.h" nogil:
         void *c
     void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
 
-# Adopts the process's cpu-id choice: the raw per-CPU API below needs it.
-cdef pc_registry *_registry = pc_registry_import()
-
 
 cdef void _call_noexcept(object fn) noexcept:
     # An exception here has nowhere to go: it is reported through
@@ -723,6 +720,8 @@ def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long lo
 # Reference lifetimes: kill against tryget_live, misused gets, callbacks that
 # free the object, and a thread that uses the registry after its record went.
 
+# (Also adopts the process's cpu-id choice, at import: the raw per-CPU API
+# of the pool kernels above needs it.)
 cdef pc_registry *_registry = pc_registry_import()
 
 cdef struct _LiveArg:
