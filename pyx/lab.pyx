@@ -34,9 +34,6 @@ cdef extern from "percpu/lab.h" nogil:
         void *c
     void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
 
-# Adopts the process's cpu-id choice: the raw per-CPU API below needs it.
-cdef pc_registry *_registry = pc_registry_import()
-
 
 cdef void _call_noexcept(object fn) noexcept:
     # An exception here has nowhere to go: it is reported through
