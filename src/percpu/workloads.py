@@ -155,8 +155,8 @@ class Workload:
         for bounds in ("minimums", "maximums"):
             for key, value in getattr(self, bounds).items():
                 check_int(value, f"{bounds}[{key!r}]")
-        for key, value in self.unavailable.items():
-            check_str(value, f"unavailable[{key!r}]")
+        for key, why in self.unavailable.items():
+            check_str(why, f"unavailable[{key!r}]")
         if isinstance(self.hot_line, (str, bytes)) or not isinstance(self.hot_line, Iterable):
             raise TypeError(f"hot_line must be an iterable of str, not {type(self.hot_line).__name__}")
         hot = frozenset(self.hot_line)
