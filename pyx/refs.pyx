@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._refs: reference counts (AtomicRef, BigRef, PercpuRef).
 
 The struct, the inline fast paths and the documented nogil C API are in

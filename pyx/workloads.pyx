@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._workloads: the nogil kernels of the four workloads.
 
 ``run_<name>(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.

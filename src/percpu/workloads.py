@@ -9,6 +9,7 @@ whose strategies depend on what is installed, listed in ``unavailable``).
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -110,14 +111,20 @@ class Workload:
 
 WORKLOADS: dict[str, Workload] = {}
 
+# The check and the insert of register() are one step: without a GIL (and,
+# with one, between two bytecodes) two threads registering the same name
+# could otherwise both pass the check.
+_register_lock = threading.Lock()
+
 
 def register(workload: Workload, *, replace: bool = False) -> Workload:
     """Add ``workload`` to ``WORKLOADS`` (``replace=True`` to redefine one)."""
     if not isinstance(workload, Workload):
         raise TypeError(f"expected a Workload, not {type(workload).__name__}")
-    if workload.name in WORKLOADS and not replace:
-        raise ValueError(f"workload {workload.name!r} is already registered")
-    WORKLOADS[workload.name] = workload
+    with _register_lock:
+        if workload.name in WORKLOADS and not replace:
+            raise ValueError(f"workload {workload.name!r} is already registered")
+        WORKLOADS[workload.name] = workload
     return workload
 
 
