@@ -7,6 +7,7 @@ src/percpu/_refs.pxd; this module holds the out-of-line paths (slow and cold:
 the mode switches, the grace period, the fold, the release), the Python
 classes, and native-thread kernels for the tests and measurements.
 """
+cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
@@ -469,6 +470,11 @@ cdef int _check(int rc, str what) except -1:
     raise RuntimeError(f"{what}: failed (error {rc})")
 
 
+# ref_destroy in __dealloc__ frees the slots into the pool that self.pool keeps
+# alive (r.pool is its C struct): the cycle collector must not drop that
+# reference first. A cycle through on_release (a callback that refers to its
+# reference) is broken by clearing the callback's closure instead.
+@cython.no_gc_clear
 cdef class _Ref:
     """Common part of the reference classes (not instantiated directly)."""
 

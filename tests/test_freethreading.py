@@ -176,6 +176,60 @@ def test_counters_made_at_once_share_the_default_pool() -> None:
     assert out.strip() == "1"
 
 
+# --- interpreter exit and reference cycles -----------------------------------
+# The free-threaded collector frees the main module's objects at exit in any
+# order; a counter whose pool reference was cleared first used to crash
+# there (and, in any build, when a subclass instance sat in a cycle).
+
+
+def test_interpreter_exit_with_live_objects_is_clean() -> None:
+    out = run_python(
+        """
+        import percpu
+        from percpu.counters import COUNTERS
+        counters = [cls() for cls in COUNTERS.values()]
+        private = percpu.PerCPUPool()
+        own = [percpu.PerCPUCounter(pool=private), percpu.ApproxCounter(pool=private)]
+        refs = [cls(lambda: None) for cls in percpu.REFS.values()]
+        refs += [percpu.PercpuRef(pool=percpu.PerCPUPool()), percpu.BigRef(pool=private)]
+        inc = counters[0].inc
+        for c in counters + own:
+            c.inc()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_subclass_instances_in_cycles_are_collected() -> None:
+    out = run_python(
+        """
+        import gc
+        import percpu
+        from percpu.counters import COUNTERS
+        classes = list(COUNTERS.values()) + list(percpu.REFS.values())
+        for cls in classes:
+            sub = type("Sub" + cls.__name__, (cls,), {})
+            for _ in range(3):
+                obj = sub()
+                obj.me = obj  # a cycle through the instance's __dict__
+                if hasattr(obj, "inc"):
+                    obj.inc()
+                del obj
+                gc.collect()
+        # A reference whose callback refers to it, on a private pool.
+        for cls in percpu.REFS.values():
+            box = []
+            r = cls(lambda: box.append(r), pool=percpu.PerCPUPool()) if cls is not percpu.AtomicRef \
+                else cls(lambda: box.append(r))
+            del r
+            gc.collect()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 # --- the native team, called from several Python threads at once ------------
 
 
