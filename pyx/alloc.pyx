@@ -14,6 +14,11 @@ reserved beforehand, never by growing the pool.
 
 NaivePool is what the kernel had before: one separate cache-line-aligned
 allocation per CPU per object, and a pointer array to find them.
+
+Without a GIL (``freethreading_compatible``) every method may run in many
+threads at once: each one works under the pool's mutex, or reads only the
+geometry fixed at creation and block bases that never move (``view`` of a
+PerCPUPool, ``pcpool_ptr``); the default pool is made at import.
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t

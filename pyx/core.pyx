@@ -1,6 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
 # cython: freethreading_compatible=True
-"""percpu._core: CPU ids, machine features, the thread registry and the team."""
+"""percpu._core: CPU ids, machine features, the thread registry and the team.
+
+The registry is made at import and guarded by its own mutex; readers of its
+figures take it too, so nothing here relies on a GIL
+(``freethreading_compatible``).
+"""
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free

@@ -115,17 +115,23 @@ def mixed_calls(c: Any, ops: int) -> None:
 
 @pytest.mark.parametrize("threads", [2, 4, 8])
 def test_python_threads_exact_with_a_racy_canary(threads: int) -> None:
-    ops = 20_000
+    # Long enough that each thread outlives a scheduler time slice: on a
+    # crowded machine threads whose whole run fits in one rarely overlap.
+    ops = 60_000
     expected = threads * ops * 3
     for name in EXACT:
         c = COUNTERS[name]()
         together(threads, lambda i: mixed_calls(c, ops))
         assert c.value() == expected, (name, c.value(), expected)
-    # The canary: the same calls on shared plain adds.
-    racy = percpu.RacyCounter()
-    together(threads, lambda i: mixed_calls(racy, ops))
-    lost = expected - racy.value()
-    assert lost >= 0
+    # The canary: the same calls on shared plain adds. A few tries, as the
+    # question is whether this machine and build can show a loss at all.
+    for _ in range(3):
+        racy = percpu.RacyCounter()
+        together(threads, lambda i: mixed_calls(racy, ops))
+        lost = expected - racy.value()
+        assert lost >= 0
+        if lost > 0 or not GIL_OFF:
+            break
     if lost == 0:
         why = ("the GIL runs one thread's calls at a time" if not GIL_OFF
                else "the threads did not overlap this time")

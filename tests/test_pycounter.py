@@ -322,9 +322,53 @@ def test_main_table_has_every_form_and_the_scaling(capsys: pytest.CaptureFixture
     assert "GIL" in lines[0] and "2T/1T" in out
     rows = [line.split() for line in lines if line.startswith("percpu ")]
     # shared c.inc(), shared bound, shared c += 1, own c.inc().
-    assert len(rows) == 4
+    assert [row[1] for row in rows] == ["shared", "shared,", "shared", "own"]
+    assert [row[2] for row in rows] == ["c.inc()", "bound", "c", "c.inc()"]
     for row in rows:
         assert float(row[-2]) > 0  # the 2T/1T ratio
         assert row[-1] == "0"  # lost
     base = [line for line in lines if line.startswith("peer:list.__len__ ")]
     assert base and all(line.split()[-1] == "-" for line in base)
+
+
+def test_a_peer_missing_on_a_free_threaded_build_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    peer = pycounter.Peer("test-ft-missing", "percpu_test_no_such_module", lambda m: m.C(),
+                          lambda c: 0, ("c.inc()", pycounter.PEERS["atomicx"].method[1]),
+                          needs="Python 3.12+", free_threaded="it needs cffi")
+    monkeypatch.setitem(pycounter.PEERS, peer.name, peer)
+    why = pycounter.peer_status()[peer.name]
+    assert why is not None and why.startswith("not installed; needs Python 3.12+")
+    assert ("; on a free-threaded build it needs cffi" in why) is pycounter.python_build()["free_threaded"]
+    monkeypatch.undo()
+    pycounter.register()
+
+
+class FailsInThreads:
+    """Counts in the thread that made it; anywhere else inc() raises, as a
+    peer that breaks under contention does."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.owner = threading.get_ident()
+
+    def inc(self) -> None:
+        if threading.get_ident() != self.owner:
+            raise TypeError("not from this thread")
+        self.n += 1
+
+
+def test_a_peer_failing_in_the_table_is_reported_and_dropped(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    peer = pycounter.Peer("test-flaky", "threading", lambda m: FailsInThreads(), lambda c: c.n,
+                          ("c.inc()", pycounter.PEERS["atomicx"].method[1]))
+    monkeypatch.setitem(pycounter.PEERS, peer.name, peer)
+    with pytest.raises(RuntimeError, match="a thread failed"):
+        pycounter.run("peer:test-flaky", 1, 10)
+    assert pycounter.main(["1", "50", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "# skipped peer:test-flaky shared: failed at 1 threads (TypeError: not from this thread)" in out
+    # Its own counter, made in the thread, works: that row stays.
+    rows = [line.split() for line in out.splitlines() if line.startswith("peer:test-flaky ")]
+    assert [row[1] for row in rows] == ["own"] and rows[0][-1] == "0"
+    monkeypatch.undo()
+    pycounter.register()
