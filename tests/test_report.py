@@ -401,7 +401,8 @@ def test_gil_and_free_threaded_runs_side_by_side_from_python(
              for line in section.splitlines() if line.startswith("| `")}
     # Total ns per increment at 2 threads over 1: 47 / (2 * 46) and 140 / (2 * 75).
     assert cells["`percpu`"][3] == "0.51" and cells["`percpu`"][6] == "0.51"
-    assert cells["`percpu`"][1] == "46" and cells["`percpu`"][4] == "23"
+    assert float(cells["`percpu`"][1]) == pytest.approx(46, rel=0.05)
+    assert float(cells["`percpu`"][4]) == pytest.approx(23, rel=0.05)
     assert cells["`locked`"][3] == "0.93"
     assert cells["`racy`"][-1].startswith("gil 2T: no (lost")
     assert "| free-threaded build | no | yes |" in md and "| GIL enabled | yes | no |" in md
