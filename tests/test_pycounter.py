@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import io
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -267,8 +267,10 @@ class Rebinding:
 def idiom_peers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     loop_inc = pycounter.PEERS["atomicx"].method[1]
     loop_iadd = pycounter.PEERS["atomicx"].inplace[1]  # type: ignore[index]
-    for name, cls in (("test-noiadd", NoInplace), ("test-rebinding", Rebinding)):
-        peer = pycounter.Peer(name, "threading", lambda m, cls=cls: cls(), lambda c: c.n,
+    makers: list[tuple[str, Callable[[Any], Any]]] = [
+        ("test-noiadd", lambda m: NoInplace()), ("test-rebinding", lambda m: Rebinding())]
+    for name, make in makers:
+        peer = pycounter.Peer(name, "threading", make, lambda c: c.n,
                               ("c.inc()", loop_inc), ("c += 1", loop_iadd), bind="inc")
         monkeypatch.setitem(pycounter.PEERS, name, peer)
     yield
