@@ -5,7 +5,7 @@
 The struct, the inline fast paths and the documented nogil C API are in
 src/percpu/_refs.pxd; this module holds the out-of-line paths (slow and cold:
 the mode switches, the grace period, the fold, the release), the Python
-classes, and native-thread kernels for the tests and measurements.
+classes. The native-thread kernels that drive it live in the lab (pyx/lab.pyx).
 
 Without a GIL (``freethreading_compatible``) nothing changes for them: the
 fast paths were written for nogil threads already, every switch runs under
@@ -59,6 +59,9 @@ cdef inline void _state_clear(pc_ref *r, int32_t bits) noexcept nogil:
 cdef void _lock(pc_ref *r) noexcept nogil:
     cdef int32_t free_
     cdef int spins = 0
+    # Through the fork gate: fork() waits until no switch lock is held
+    # (registry.h), so a child never inherits one held by a thread it lacks.
+    pc_fork_gate_enter(r.reg)
     while True:
         free_ = 0
         # Acquire: the new holder sees the mode, count and slots as the
@@ -77,32 +80,60 @@ cdef void _lock(pc_ref *r) noexcept nogil:
 cdef inline void _unlock(pc_ref *r) noexcept nogil:
     # Release: pairs with the next _lock's acquire.
     pc_store_i32(&r.lock, 0, PC_RELEASE)
+    pc_fork_gate_leave(r.reg)
 
 
 # ---------------------------------------------------------------------------
 # The release and the shared count
 
 cdef int _release(pc_ref *r) noexcept nogil:
-    # The state bit is the one decision on who runs the callback, so that even
-    # a misused count (puts after reinit races, a put after a clamp) cannot
-    # release twice. Seq_cst: a holder that announces itself and then checks
+    # Called by the one thread that moved the count to PCREF_DEAD; the state
+    # bit stays a second guard, so that even a misused count cannot release
+    # twice. Seq_cst: a holder that announces itself and then checks
     # `released` (as the stress test does) must see one or be seen.
-    cdef int32_t old = _state_or(r, PCREF_RELEASED, PC_SEQ_CST)
+    #
+    # The callback may free the struct that holds r (or reinit r): r is read
+    # before it and never touched after it. Without a callback the release is
+    # complete at once, so DONE goes in with RELEASED (one store: a thread
+    # that frees r on seeing either bit cannot race a second one).
+    cdef pc_ref_release_fn fn = r.release
+    cdef void *ctx = r.ctx
+    cdef int32_t old = _state_or(r, PCREF_RELEASED if fn != NULL else PCREF_RELEASED | PCREF_DONE,
+                                 PC_SEQ_CST)
     if old & PCREF_RELEASED:
         return 0
-    if r.release != NULL:
-        r.release(r.ctx)
-    # Release: a waiter that sees DONE sees what the callback did.
-    _state_or(r, PCREF_DONE, PC_RELEASE)
+    if fn != NULL:
+        fn(ctx)
     return 1
+
+
+cdef int _decide_release(pc_ref *r, int64_t c) noexcept nogil:
+    # The count was seen at c <= 0 with nobody holding a reference: release,
+    # if this thread moves it to PCREF_DEAD first. From there a get (misused:
+    # it needs a reference) lands deep below zero and fails, and tryget
+    # refuses: no increment can make a released count positive again.
+    # A count that went back above zero was taken by a get (without a
+    # reference of its own, so misused, but nobody else holds one): that
+    # holder's put releases it later. Returns 1 released, 0 revived,
+    # PCREF_ERR_STATE already released (only a misused put gets there).
+    while True:
+        if c > 0:
+            return 0
+        if c <= PCREF_DEAD_ZONE:
+            return PCREF_ERR_STATE
+        # Acquire: the count's history of release-ordered puts (a release
+        # sequence that this CAS reads from) comes before the callback.
+        if pc_cas_i64(&r.count, &c, PCREF_DEAD, PC_ACQUIRE, PC_RELAXED):
+            return 1 if _release(r) else PCREF_ERR_STATE
 
 
 cdef int pcref_put_last(pc_ref *r, int64_t old) noexcept nogil:
     if old == 1:
-        # Acquire: pairs with the release of every earlier put, so every
-        # holder's use of the object happens before the callback.
-        pc_fence(PC_ACQUIRE)
-        return 1 if _release(r) else PCREF_ERR_STATE
+        # Ours was the last reference; the release is decided on the count
+        # (_decide_release), not by the decrement alone, so that a misused
+        # get in between cannot hand a tryget a reference to a released
+        # object.
+        return _decide_release(r, 0)
     # The count was already zero (released) or below: put it back, so that
     # tryget keeps refusing and the caller learns of the extra put.
     pc_fetch_add_i64(&r.count, 1, PC_RELAXED)
@@ -132,20 +163,46 @@ cdef inline int _shared_tryget(pc_ref *r) noexcept nogil:
     return 0
 
 
+cdef int _shared_tryget_live(pc_ref *r) noexcept nogil:
+    # Any thread may come here at any time: shared mode, a registry that is
+    # full, rseq sections aborted time after time. No grace period waits for
+    # it, so kill() may run entirely between a mode check and the increment.
+    # Hence check, increment, and check again: kill stores PCREF_MODE_DEAD
+    # (seq_cst) and then fences (seq_cst) before its first access to the count.
+    # If the second check (seq_cst) does not see DEAD, it precedes that store
+    # in the single total order, so does our increment (seq_cst CAS), and the
+    # kill's fold, its put and every value() after it count our reference. If
+    # it does see DEAD, our reference came too late: give it back.
+    cdef int64_t c
+    # Relaxed: a cheap early refusal; the check that decides is below.
+    if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
+        return 0
+    c = pc_load_i64(&r.count, PC_RELAXED)
+    while True:
+        if c <= 0:
+            return 0
+        if pc_cas_i64(&r.count, &c, c + 1, PC_SEQ_CST, PC_RELAXED):
+            break
+    if pc_load_i32(&r.mode, PC_SEQ_CST) != PCREF_MODE_DEAD:
+        return 1
+    # This put may be the last one (everybody else let go meanwhile) and run
+    # the release callback, which may free r: nothing touches r after it.
+    pcref_shared_put(r)
+    return 0
+
+
 cdef int _shared_op(pc_ref *r, int op) noexcept nogil:
     # Always right, in any mode: in per-CPU mode the bias keeps the count
     # far from zero and the fold adds the slots to it.
     if op == PCREF_OP_GET:
-        # Relaxed: see atomicref_get.
-        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) > 0):
+        # Relaxed: see atomicref_get (which explains ">= 0").
+        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) >= 0):
             return 0
         return pcref_undo_get(r)
     if op == PCREF_OP_PUT:
         return pcref_shared_put(r)
-    # Relaxed: kill stores DEAD before it drops the initial reference; a
-    # tryget_live that reads an older mode is ordered before the kill.
-    if op == PCREF_OP_TRYGET_LIVE and pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
-        return 0
+    if op == PCREF_OP_TRYGET_LIVE:
+        return _shared_tryget_live(r)
     return _shared_tryget(r)
 
 
@@ -184,7 +241,7 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
             # (stale cpu ids, per-thread fallback ids). Relaxed: the slots
             # only feed the fold, which reads them after the grace period;
             # pc_section_exit's release store orders this add before it.
-            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_cpu() * r.stride), v,
+            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_slot() * r.stride), v,
                              PC_RELAXED)
             pc_section_exit(rec)
             return committed
@@ -218,7 +275,11 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
     # section in flight, and the registry scan waits for open fallback
     # sections.
     pc_synchronize(r.reg)
-    n = pc_nr_cpus()
+    # Only the slots in use can hold anything (see pc_proc in percpu/cpu.h):
+    # an add that committed raised the bound (or saw it raised) before it
+    # wrote, and the grace period made that add, and so the raise, visible
+    # here.
+    n = pc_slots_in_use(&r.reg.proc)
     for c in range(n):
         # Relaxed: nobody writes the slots any more, and the grace period
         # made every committed add visible to us.
@@ -231,13 +292,9 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
 cdef int _underflow(pc_ref *r) noexcept nogil:
     # The fold found fewer references than the initial one the switch still
     # counts on: more puts than gets. The count says nobody holds it, so
-    # release it (once) and report; clamp to zero so tryget refuses.
-    cdef int64_t c = pc_load_i64(&r.count, PC_RELAXED)
-    while c < 0:
-        if pc_cas_i64(&r.count, &c, 0, PC_ACQ_REL, PC_RELAXED):
-            break
-    pc_fence(PC_ACQUIRE)
-    _release(r)
+    # release it (once, moving it to PCREF_DEAD so tryget refuses) and report.
+    # r may be gone after the release: the return code is all that is left.
+    _decide_release(r, pc_load_i64(&r.count, PC_RELAXED))
     return PCREF_ERR_UNDERFLOW
 
 
@@ -266,9 +323,18 @@ cdef int ref_kill_and_confirm(pc_ref *r, pc_ref_release_fn confirm, void *confir
             n = _leave_percpu(r, PCREF_MODE_DEAD)
         else:
             # Already shared (switch_to_atomic): no slot holds anything.
+            # The fence orders the store before our accesses to the count,
+            # which _shared_tryget_live relies on (in per-CPU mode the grace
+            # period fences: membarrier() or a seq_cst fence).
             pc_store_i32(&r.mode, PCREF_MODE_DEAD, PC_SEQ_CST)
+            pc_fence(PC_SEQ_CST)
         _unlock(r)
         if n <= 0:
+            # More puts than gets: the release below is not the caller's to
+            # stop, but the shared mode is in force, so confirm still runs
+            # first, as it does on every other path.
+            if confirm != NULL:
+                confirm(confirm_ctx)
             return _underflow(r)
     # The initial reference is still held: nothing can be released before
     # confirm has run.
@@ -333,9 +399,11 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
     if r.kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
     _lock(r)
-    # DONE, not only RELEASED: a reinit from inside the callback would have
-    # its state overwritten when the callback returns.
-    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_DONE):
+    # RELEASED: the count is PCREF_DEAD and nobody holds a reference. The
+    # release callback may be running still (a reinit from inside it is
+    # fine: the library does not touch r after calling it); waiting for it
+    # is the caller's business (the Python class waits for PCREF_DONE).
+    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_RELEASED):
         _unlock(r)
         return PCREF_ERR_STATE
     # Nobody holds a reference and the slots were cleared by the fold that
@@ -350,7 +418,8 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
 cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     cdef int64_t v
     if r.kind == PCREF_ATOMIC:
-        return pc_load_i64(&r.count, PC_RELAXED)
+        v = pc_load_i64(&r.count, PC_RELAXED)
+        return 0 if v <= PCREF_DEAD_ZONE else v
     # Under the lock no fold is half done: either the bias is in the count
     # and the slots hold their share, or the count holds everything.
     _lock(r)
@@ -358,7 +427,8 @@ cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_PERCPU:
         v += pc_percpu_sum(r.base, r.stride) - PCREF_BIAS
     _unlock(r)
-    return v
+    # Released: PCREF_DEAD, plus any misused gets in flight.
+    return 0 if v <= PCREF_DEAD_ZONE else v
 
 
 cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
@@ -366,7 +436,8 @@ cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
     # the bias in its count, so it cannot read as zero by mistake.
     if r.kind != PCREF_ATOMIC and pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
         return False
-    return pc_load_i64(&r.count, PC_ACQUIRE) == 0
+    # Zero on its way to release, or PCREF_DEAD (released).
+    return pc_load_i64(&r.count, PC_ACQUIRE) <= 0
 
 
 cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
@@ -374,9 +445,10 @@ cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
     cdef int64_t h
     memset(r, 0, sizeof(pc_ref))
     # Until it is set up, the struct reads as released and off the per-CPU
-    # mode, so no path can reach the (absent) slots.
+    # mode, so no path can reach the (absent) slots, and every get fails.
     r.mode = PCREF_MODE_DEAD
     r.state = PCREF_RELEASED | PCREF_DONE
+    r.count = PCREF_DEAD
     r.reg = _registry
     if kind != PCREF_ATOMIC and kind != PCREF_BIGREF and kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
@@ -426,10 +498,21 @@ cdef void _call_noexcept(object fn) noexcept:
     fn()
 
 
+cdef void _py_release_done(void *ctx) noexcept:
+    # The library does not touch the struct once it has called us; the
+    # Python object records the end of on_release itself, for wait_released()
+    # and reinit(). `self` holds a new reference: on_release may drop the
+    # last other one, and the object must outlive the store below.
+    cdef _Ref self = <_Ref>ctx
+    _call_noexcept(self.on_release)
+    # Release: a waiter that sees DONE sees what the callback did.
+    _state_or(&self.c, PCREF_DONE, PC_RELEASE)
+
+
 cdef void _py_release(void *ctx) noexcept nogil:
     # The only place a native thread takes the GIL: the last put.
     with gil:
-        _call_noexcept((<_Ref>ctx).on_release)
+        _py_release_done(ctx)
 
 
 cdef void _py_confirm(void *ctx) noexcept nogil:
@@ -437,30 +520,68 @@ cdef void _py_confirm(void *ctx) noexcept nogil:
         _call_noexcept(<object>ctx)
 
 
+# The one map from a strategy name (the keys of percpu.REFS) to its kind.
 cdef dict _KINDS = {"atomic": PCREF_ATOMIC, "bigref": PCREF_BIGREF, "percpu": PCREF_PERCPU}
 
 
-cdef int _setup(_Ref self, int kind, object on_release, object pool) except -1:
-    cdef pc_pool *p = NULL
-    cdef pc_ref_release_fn release = NULL
+cdef int ref_kind_of(object name) except -1:
+    kind = _KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise ValueError(f"unknown reference strategy {name!r}; valid: {', '.join(_KINDS)}")
+    return kind
+
+
+cdef int _setup(_Ref self, int kind) except -1:
+    """From __cinit__: a live reference without a callback, its slots (if
+    any) on the default pool; __init__ then applies the arguments."""
+    cdef PerCPUPool pool = None
     cdef int rc
-    if on_release is not None and not callable(on_release):
-        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
     if kind != PCREF_ATOMIC:
-        if pool is None:
-            pool = default_pool()
-        elif not isinstance(pool, PerCPUPool):
-            raise TypeError(f"pool must be a PerCPUPool, not {type(pool).__name__}")
-        p = (<PerCPUPool>pool).c
-    if on_release is not None:
-        release = _py_release
-    rc = ref_init(&self.c, kind, p, False, release, <void *>self)
+        pool = default_pool()
+    rc = ref_init(&self.c, kind, pool.c if pool is not None else NULL, False, NULL, NULL)
     if rc == PCREF_ERR_NOMEM:
         raise MemoryError("percpu: the pool cannot hold another reference")
     if rc != 0:
         raise ValueError(f"percpu: cannot set up the reference (error {rc})")
-    self.on_release = on_release
     self.pool = pool
+    return 0
+
+
+cdef int _configure(_Ref self, object on_release, object pool) except -1:
+    """__init__: checks the arguments, then moves the slots to ``pool`` (when
+    given) and installs ``on_release``. Runs once."""
+    cdef int64_t h
+    cdef pc_pool *p
+    if on_release is not None and not callable(on_release):
+        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
+    if pool is not None and not isinstance(pool, PerCPUPool):
+        raise TypeError(f"pool must be a PerCPUPool or None, not {type(pool).__name__}")
+    if self._configured:
+        raise RuntimeError(f"{type(self).__name__}.__init__() was already called: "
+                           "a reference is configured once")
+    if pool is not None and pool is not self.pool:
+        # Only an untouched reference moves: one made with __new__ and used
+        # before __init__ may have counts in its slots or threads inside it.
+        if pc_load_i32(&self.c.state, PC_RELAXED) != 0 or ref_value(&self.c) != 1:
+            raise RuntimeError(f"cannot move a {type(self).__name__} that is already in use "
+                               "to another pool")
+        p = (<PerCPUPool>pool).c
+        h = pcpool_alloc(p, sizeof(int64_t), sizeof(int64_t), False)
+        if h < 0:
+            raise MemoryError("percpu: the pool cannot hold another reference")
+        # The slots are all zero (value 1 is the initial reference, in the
+        # shared count) and nobody else has seen them: swap them for the new.
+        pcpool_free(self.c.pool, self.c.handle)
+        self.c.pool = p
+        self.c.handle = h
+        self.c.base = pcpool_ptr(p, h, 0)
+        self.c.stride = pcpool_stride(p)
+        self.pool = pool
+    if on_release is not None:
+        self.on_release = on_release
+        self.c.ctx = <void *>self
+        self.c.release = _py_release
+    self._configured = True
     return 0
 
 
@@ -475,19 +596,45 @@ cdef int _check(int rc, str what) except -1:
     raise RuntimeError(f"{what}: failed (error {rc})")
 
 
-# ref_destroy in __dealloc__ frees the slots into the pool that self.pool keeps
-# alive (r.pool is its C struct): the cycle collector must not drop that
-# reference first. A cycle through on_release (a callback that refers to its
-# reference) is broken by clearing the callback's closure instead.
+# Timeouts from this many seconds on (about 136 years) wait forever: the
+# deadline in ns must stay far from the int64 limit.
+cdef object _WAIT_FOREVER_S = 1 << 32
+
+
+cdef bint _wait_forever(object timeout) except -1:
+    """Checks ``timeout`` for wait_released; True when it means no deadline."""
+    if timeout is None:
+        return True
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds, not NaN")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    # Compared as Python numbers: an int too large for a float is fine too.
+    return timeout >= _WAIT_FOREVER_S
+
+
 @cython.no_gc_clear
 cdef class _Ref:
-    """Common part of the reference classes (not instantiated directly)."""
+    """Common part of the reference classes (not instantiated directly).
+
+    Construction: each class's ``__cinit__`` takes any arguments and ignores
+    them (they belong to ``__init__``, a subclass's own included) and makes a
+    live reference without a callback, its slots on the default pool;
+    ``__init__`` checks ``on_release`` and ``pool`` and applies them, once.
+    A subclass that never calls ``super().__init__()`` still has a working
+    reference. ``no_gc_clear``: ``__dealloc__`` gives the slots back to the
+    pool that ``self.pool`` keeps alive, and a release may call
+    ``self.on_release``; the collector must not drop either first.
+    """
 
     def __cinit__(self, *args, **kwargs):
         # Until a subclass sets it up the struct reads as released.
         self.c.mode = PCREF_MODE_DEAD
         self.c.kind = PCREF_ATOMIC
         self.c.state = PCREF_RELEASED | PCREF_DONE
+        self.c.count = PCREF_DEAD
 
     def __dealloc__(self):
         ref_destroy(&self.c)
@@ -535,22 +682,21 @@ cdef class _Ref:
     def wait_released(self, timeout=None) -> bool:
         """Wait until the release callback has returned; False on timeout.
 
-        The GIL is released while waiting; signals (Ctrl-C) are handled.
+        ``timeout``: seconds (int or float, >= 0), or None to wait for as long
+        as it takes; a timeout too long to matter (``inf``, ``1e300``) is the
+        same as None. The GIL is released while waiting; signals (Ctrl-C)
+        are handled.
         """
         cdef int64_t deadline = 0, now, nap = 10000
+        cdef bint forever = _wait_forever(timeout)
         cdef timespec ts
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-            t = float(timeout)
-            if t != t:
-                raise ValueError("timeout must be a number, not NaN")
-            deadline = pc_now_ns() + <int64_t>(max(t, 0.0) * 1e9)
+        if not forever:
+            deadline = pc_now_ns() + <int64_t>(float(timeout) * 1e9)
         while True:
             if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
                 return True
             now = pc_now_ns()
-            if timeout is not None:
+            if not forever:
                 if now >= deadline:
                     return False
                 if deadline - now < nap:
@@ -571,8 +717,11 @@ cdef class _Ref:
 cdef class AtomicRef(_Ref):
     """One shared atomic count (kref): every get/put is a locked add."""
 
-    def __cinit__(self, on_release=None):
-        _setup(self, PCREF_ATOMIC, on_release, None)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_ATOMIC)
+
+    def __init__(self, on_release=None):
+        _configure(self, on_release, None)
 
     def get(self) -> None:
         if atomicref_get(&self.c) != 0:
@@ -592,8 +741,11 @@ cdef class BigRef(_Ref):
     fold the per-CPU counts in and drop the initial reference.
     """
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_BIGREF, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_BIGREF)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_fast(self) -> bool:
         """Whether get/put still go to the per-CPU counts."""
@@ -603,8 +755,11 @@ cdef class BigRef(_Ref):
 cdef class PercpuRef(_Ref):
     """Linux percpu_ref: per-CPU counts that switch to one shared count."""
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_PERCPU, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_PERCPU)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_percpu(self) -> bool:
         """Whether get/put go to the per-CPU counts."""
@@ -649,115 +804,18 @@ cdef class PercpuRef(_Ref):
 
     def reinit(self) -> None:
         """Start a released reference over: live, per-CPU, one reference."""
-        cdef int rc
-        with nogil:
-            rc = ref_reinit(&self.c)
+        cdef int rc = PCREF_ERR_STATE
+        # Once on_release has returned (DONE), not only released: the
+        # callback must not find its object live again, and its end must not
+        # mark the new life as done.
+        if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
+            with nogil:
+                rc = ref_reinit(&self.c)
         _check(rc, "reinit() needs a released reference; reinit()")
 
     def is_zero(self) -> bool:
         """True when in shared mode with a count of zero."""
         return ref_is_zero(&self.c)
-
-
-# ---------------------------------------------------------------------------
-# Native-thread kernels for the tests and the measurements
-
-cdef int _kind_of(str kind) except -1:
-    try:
-        return _KINDS[kind]
-    except KeyError:
-        raise ValueError(f"unknown reference kind {kind!r}; expected one of {sorted(_KINDS)}") from None
-
-
-cdef int _run_team(int threads, int64_t ops, pc_kernel_fn fn, void *arg, int64_t *wall_ns,
-                   int64_t *total) except -1:
-    cdef int i
-    cdef int64_t wall
-    if threads <= 0 or threads > PC_MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
-    cdef int64_t *done = <int64_t *>calloc(threads, sizeof(int64_t))
-    if done == NULL:
-        raise MemoryError()
-    try:
-        wall = pc_run_team(fn, arg, threads, ops, done, False)
-        if total != NULL:
-            total[0] = 0
-            for i in range(threads):
-                total[0] += done[i]
-    finally:
-        free(done)
-    if wall_ns != NULL:
-        wall_ns[0] = wall
-    return 0
-
-
-cdef struct _StressArg:
-    pc_ref ref
-    int64_t holding     # workers between a successful tryget and its put
-    int64_t releases
-    int64_t bad
-    int64_t got
-    int64_t refused
-    int64_t kill_at
-    int64_t kill_rc
-    int32_t killed
-    void *py_cb
-
-
-cdef void _stress_release(void *ctx) noexcept nogil:
-    cdef _StressArg *a = <_StressArg *>ctx
-    # Seq_cst, paired with the workers' increment of holding and their load
-    # of the state: a release while someone holds is seen by one side.
-    if pc_load_i64(&a.holding, PC_SEQ_CST) != 0:
-        pc_fetch_add_i64(&a.bad, 1, PC_RELAXED)
-    pc_fetch_add_i64(&a.releases, 1, PC_RELAXED)
-    if a.py_cb != NULL:
-        with gil:
-            _call_noexcept(<object>a.py_cb)
-
-
-cdef void _stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _StressArg *a = <_StressArg *>arg
-    cdef pc_ref *r = &a.ref
-    cdef int64_t i, got = 0, refused = 0, bad = 0
-    cdef bint live_op = r.kind == PCREF_PERCPU
-    cdef int rc
-    for i in range(ops):
-        if tid == 0 and i == a.kill_at:
-            # Seq_cst, before the kill: a refusal seen by a thread that then
-            # reads 0 here happened while the reference was live (a bug).
-            pc_store_i32(&a.killed, 1, PC_SEQ_CST)
-            a.kill_rc = ref_kill(r)
-            # Sequenced after the kill in this thread: must refuse.
-            if live_op and percpuref_tryget_live(r) != 0:
-                bad += 1
-        if live_op and (i & 1):
-            rc = percpuref_tryget_live(r)
-        else:
-            rc = ref_tryget(r)
-        if rc == 1:
-            pc_fetch_add_i64(&a.holding, 1, PC_SEQ_CST)
-            if pc_load_i32(&r.state, PC_SEQ_CST) & PCREF_RELEASED:
-                bad += 1
-            # Holding a reference makes get legal in every mode; the nested
-            # put cannot release while ours is held.
-            if ref_get(r) != 0:
-                bad += 1
-            if ref_put(r) != 0:
-                bad += 1
-            pc_fetch_add_i64(&a.holding, -1, PC_SEQ_CST)
-            if ref_put(r) < 0:
-                bad += 1
-            got += 1
-        else:
-            refused += 1
-            if not pc_load_i32(&a.killed, PC_SEQ_CST):
-                # Refused before the kill began: the initial reference was held.
-                bad += 1
-    pc_fetch_add_i64(&a.got, got, PC_RELAXED)
-    pc_fetch_add_i64(&a.refused, refused, PC_RELAXED)
-    pc_fetch_add_i64(&a.bad, bad, PC_RELAXED)
-    done[0] = ops
 
 
 def fast_path() -> str:
@@ -766,365 +824,3 @@ def fast_path() -> str:
     mode switch) or ``"sections"`` (read-side sections the grace period waits
     for: no rseq, or a kernel without the RSEQ membarrier)."""
     return "rseq" if pc_refs_rseq(_registry) else "sections"
-
-
-def _stress_kill(str kind, int threads, long long ops, long long kill_at, py_callback=None) -> dict:
-    """N native threads tryget/get/put/put in a loop; thread 0 kills the
-    reference at iteration kill_at (the controller kills it afterwards when
-    kill_at >= ops). Returns the counts the test checks: releases (must be 1),
-    bad (premature release, refused tryget while live, failed get/put: 0)."""
-    cdef _StressArg *a = <_StressArg *>calloc(1, sizeof(_StressArg))
-    cdef int k = _kind_of(kind)
-    cdef int rc
-    if a == NULL:
-        raise MemoryError()
-    try:
-        if py_callback is not None and not callable(py_callback):
-            raise TypeError("py_callback must be callable")
-        rc = ref_init(&a.ref, k, NULL, False, _stress_release, <void *>a)
-        if rc != 0:
-            raise MemoryError(f"ref_init failed ({rc})")
-        a.kill_at = kill_at
-        a.kill_rc = -100
-        a.py_cb = <void *>py_callback if py_callback is not None else NULL
-        try:
-            _run_team(threads, ops, _stress_kernel, a, NULL, NULL)
-            if kill_at >= ops or kill_at < 0:
-                with nogil:
-                    a.kill_rc = ref_kill(&a.ref)
-            return {
-                "releases": a.releases,
-                "bad": a.bad,
-                "got": a.got,
-                "refused": a.refused,
-                "kill_rc": a.kill_rc,
-                "released": bool(ref_released(&a.ref)),
-                "value": ref_value(&a.ref),
-                "is_zero": bool(ref_is_zero(&a.ref)),
-            }
-        finally:
-            ref_destroy(&a.ref)
-    finally:
-        free(a)
-
-
-cdef struct _ExactArg:
-    pc_ref ref
-    int64_t keep
-    int64_t flip_every
-    int64_t bad
-    int64_t flips
-    int64_t releases
-
-
-cdef void _count_release(void *ctx) noexcept nogil:
-    pc_fetch_add_i64(<int64_t *>ctx, 1, PC_RELAXED)
-
-
-cdef void _exact_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _ExactArg *a = <_ExactArg *>arg
-    cdef pc_ref *r = &a.ref
-    cdef int64_t i, j, bad = 0, flips = 0
-    cdef int step
-    for i in range(ops):
-        if tid == 0 and a.flip_every > 0 and i % a.flip_every == 0 and r.kind == PCREF_PERCPU:
-            step = <int>((i // a.flip_every) % 3)
-            flips += 1
-            if step == 0:
-                if ref_switch_to_atomic(r) != 0:
-                    bad += 1
-            elif step == 1:
-                if ref_switch_to_percpu(r) != 0:
-                    bad += 1
-            else:
-                # Our own extra reference keeps it from release while killed.
-                if ref_get(r) != 0:
-                    bad += 1
-                if ref_kill(r) != 0:
-                    bad += 1
-                if percpuref_tryget_live(r) != 0:
-                    bad += 1
-                if ref_resurrect(r) != 0:
-                    bad += 1
-                if ref_put(r) != 0:
-                    bad += 1
-        if ref_get(r) != 0:
-            bad += 1
-        if ref_tryget(r) != 1:
-            bad += 1
-        if ref_put(r) != 0:
-            bad += 1
-        if ref_put(r) != 0:
-            bad += 1
-        if i == ops // 2:
-            for j in range(a.keep):
-                if ref_get(r) != 0:
-                    bad += 1
-    pc_fetch_add_i64(&a.bad, bad, PC_RELAXED)
-    pc_fetch_add_i64(&a.flips, flips, PC_RELAXED)
-    done[0] = ops
-
-
-def _stress_exact(str kind, int threads, long long ops, long long keep, long long flip_every=0) -> dict:
-    """Balanced get/tryget/put/put loops on N native threads, each keeping
-    `keep` extra references from the middle of its run; thread 0 of a
-    PercpuRef cycles switch_to_atomic / switch_to_percpu / kill+resurrect every
-    `flip_every` ops. Then value(), kill, and putting the kept references back
-    one by one: the counts must be exact and the last put must release."""
-    cdef _ExactArg *a = <_ExactArg *>calloc(1, sizeof(_ExactArg))
-    cdef int k = _kind_of(kind)
-    cdef int64_t i, kept, value_before, value_killed
-    cdef int rc, kill_rc, last_rc = -100, early = 0, errors = 0
-    if a == NULL:
-        raise MemoryError()
-    try:
-        if keep < 0 or flip_every < 0:
-            raise ValueError("keep and flip_every must be >= 0")
-        rc = ref_init(&a.ref, k, NULL, False, _count_release, &a.releases)
-        if rc != 0:
-            raise MemoryError(f"ref_init failed ({rc})")
-        a.keep = keep
-        a.flip_every = flip_every
-        try:
-            _run_team(threads, ops, _exact_kernel, a, NULL, NULL)
-            value_before = ref_value(&a.ref)
-            kept = <int64_t>threads * keep if ops > 0 else 0
-            with nogil:
-                kill_rc = ref_kill(&a.ref)
-            value_killed = ref_value(&a.ref)
-            for i in range(kept):
-                rc = ref_put(&a.ref)
-                if rc < 0:
-                    errors += 1
-                elif rc == 1:
-                    if i != kept - 1:
-                        early += 1
-                    last_rc = rc
-            return {
-                "bad": a.bad,
-                "flips": a.flips,
-                "value_before": value_before,
-                "value_killed": value_killed,
-                "kill_rc": kill_rc,
-                "last_put_rc": last_rc,
-                "early_releases": early,
-                "put_errors": errors,
-                "releases": a.releases,
-                "released": bool(ref_released(&a.ref)),
-            }
-        finally:
-            ref_destroy(&a.ref)
-    finally:
-        free(a)
-
-
-cdef struct _TeamArg:
-    pc_ref *ref
-    int64_t gets
-    int64_t puts
-    int64_t released
-    int64_t errors
-
-
-cdef void _team_refops_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _TeamArg *a = <_TeamArg *>arg
-    cdef int64_t i, j, released = 0, errors = 0
-    cdef int rc
-    for i in range(ops):
-        for j in range(a.gets):
-            if ref_get(a.ref) != 0:
-                errors += 1
-        for j in range(a.puts):
-            rc = ref_put(a.ref)
-            if rc < 0:
-                errors += 1
-            elif rc == 1:
-                released += 1
-    pc_fetch_add_i64(&a.released, released, PC_RELAXED)
-    pc_fetch_add_i64(&a.errors, errors, PC_RELAXED)
-    done[0] = ops
-
-
-def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long long puts=1) -> dict:
-    """Each of N native threads does `ops` times: `gets` get(), then `puts`
-    put() on ref (its Python release callback then runs on a native thread).
-    Returns how many puts released it and how many calls failed."""
-    cdef _TeamArg a
-    memset(&a, 0, sizeof(a))
-    a.ref = &ref.c
-    a.gets = gets
-    a.puts = puts
-    _run_team(threads, ops, _team_refops_kernel, &a, NULL, NULL)
-    return {"released": a.released, "errors": a.errors}
-
-
-# Measurements: one kernel per strategy with the fast path inlined.
-
-cdef extern from "<time.h>" nogil:
-    int CLOCK_THREAD_CPUTIME_ID
-
-
-cdef inline int64_t _thread_cpu_ns() noexcept nogil:
-    # CPU time, unlike wall time, does not count the time a crowded machine
-    # kept the thread off the CPU.
-    cdef timespec ts
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef struct _BenchArg:
-    pc_ref ref
-    int64_t *cpu_ns     # per thread
-
-
-cdef void _bench_atomic(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _BenchArg *a = <_BenchArg *>arg
-    cdef pc_ref *r = &a.ref
-    cdef int64_t i, t0 = _thread_cpu_ns()
-    for i in range(ops):
-        atomicref_get(r)
-        atomicref_put(r)
-    a.cpu_ns[tid] = _thread_cpu_ns() - t0
-    done[0] = ops
-
-
-cdef void _bench_bigref(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _BenchArg *a = <_BenchArg *>arg
-    cdef pc_ref *r = &a.ref
-    cdef int64_t i, t0 = _thread_cpu_ns()
-    for i in range(ops):
-        bigref_get(r)
-        bigref_put(r)
-    a.cpu_ns[tid] = _thread_cpu_ns() - t0
-    done[0] = ops
-
-
-cdef void _bench_percpu(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _BenchArg *a = <_BenchArg *>arg
-    cdef pc_ref *r = &a.ref
-    cdef int64_t i, t0 = _thread_cpu_ns()
-    for i in range(ops):
-        percpuref_get(r)
-        percpuref_put(r)
-    a.cpu_ns[tid] = _thread_cpu_ns() - t0
-    done[0] = ops
-
-
-def _bench_getput(str kind, int threads, long long ops) -> dict:
-    """get+put pairs on one reference from N native threads (fast path inlined).
-    ns_per_pair: wall time over the ops of one thread (what a thread sees);
-    cpu_ns_per_pair: the threads' CPU time per pair (robust on a busy machine)."""
-    cdef int k = _kind_of(kind)
-    cdef _BenchArg a
-    cdef int64_t wall = 0, total = 0, value, cpu = 0
-    cdef int i
-    cdef pc_kernel_fn fn = _bench_percpu
-    if k == PCREF_ATOMIC:
-        fn = _bench_atomic
-    elif k == PCREF_BIGREF:
-        fn = _bench_bigref
-    if ops <= 0:
-        raise ValueError(f"ops must be > 0, not {ops}")
-    if threads <= 0:
-        raise ValueError(f"threads must be > 0, not {threads}")
-    a.cpu_ns = <int64_t *>calloc(threads, sizeof(int64_t))
-    if a.cpu_ns == NULL:
-        raise MemoryError()
-    if ref_init(&a.ref, k, NULL, False, NULL, NULL) != 0:
-        free(a.cpu_ns)
-        raise MemoryError()
-    try:
-        _run_team(threads, ops, fn, &a, &wall, &total)
-        value = ref_value(&a.ref)
-        for i in range(threads):
-            cpu += a.cpu_ns[i]
-    finally:
-        ref_destroy(&a.ref)
-        free(a.cpu_ns)
-    return {"kind": kind, "threads": threads, "ops": ops, "wall_ns": wall,
-            "ns_per_pair": wall / <double>ops,
-            "cpu_ns_per_pair": cpu / <double>(<int64_t>threads * ops), "value": value}
-
-
-cdef struct _LatRound:
-    pc_ref ref
-    int64_t kill_ns
-    int64_t release_ns
-
-
-cdef struct _LatArg:
-    _LatRound *rounds
-    int64_t nrounds
-    int64_t warm_ns
-    int32_t cur
-    int32_t stop
-
-
-cdef void _lat_release(void *ctx) noexcept nogil:
-    (<_LatRound *>ctx).release_ns = pc_now_ns()
-
-
-cdef void _lat_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
-    cdef _LatArg *a = <_LatArg *>arg
-    cdef _LatRound *rd
-    cdef pc_ref *r
-    cdef int64_t k, n = 0, until
-    cdef int spins
-    if tid == 0:
-        for k in range(a.nrounds):
-            rd = &a.rounds[k]
-            # Release: the busy threads see the round's reference as set up.
-            pc_store_i32(&a.cur, <int32_t>k, PC_RELEASE)
-            until = pc_now_ns() + a.warm_ns
-            while pc_now_ns() < until:
-                pc_cpu_relax()
-            rd.kill_ns = pc_now_ns()
-            ref_kill(&rd.ref)
-            spins = 0
-            while not (pc_load_i32(&rd.ref.state, PC_ACQUIRE) & PCREF_DONE):
-                spins += 1
-                if spins < 100:
-                    pc_cpu_relax()
-                else:
-                    sched_yield()
-        pc_store_i32(&a.stop, 1, PC_RELEASE)
-        done[0] = a.nrounds
-        return
-    while not pc_load_i32(&a.stop, PC_ACQUIRE):
-        r = &a.rounds[pc_load_i32(&a.cur, PC_ACQUIRE)].ref
-        if ref_tryget(r) == 1:
-            ref_put(r)
-        n += 1
-    done[0] = n
-
-
-def _bench_kill_latency(str kind, int busy=2, int rounds=50, long long warm_us=200) -> dict:
-    """Kill-to-release latency with `busy` native threads doing tryget/put on
-    the reference the whole time: thread 0 sets up a reference per round, lets
-    the busy threads hammer it for warm_us, kills it and waits for the
-    release. Returns the latencies in microseconds."""
-    cdef int k = _kind_of(kind)
-    cdef _LatArg a
-    cdef int64_t i, total = 0
-    cdef int inited = 0
-    if busy < 0 or rounds <= 0 or warm_us < 0:
-        raise ValueError("busy >= 0, rounds > 0 and warm_us >= 0 are needed")
-    memset(&a, 0, sizeof(a))
-    a.rounds = <_LatRound *>calloc(rounds, sizeof(_LatRound))
-    if a.rounds == NULL:
-        raise MemoryError()
-    a.nrounds = rounds
-    a.warm_ns = warm_us * 1000
-    try:
-        for i in range(rounds):
-            if ref_init(&a.rounds[i].ref, k, NULL, False, _lat_release, &a.rounds[i]) != 0:
-                raise MemoryError()
-            inited += 1
-        _run_team(busy + 1, 1, _lat_kernel, &a, NULL, &total)
-        lat = [(a.rounds[i].release_ns - a.rounds[i].kill_ns) / 1000.0 for i in range(rounds)]
-        return {"kind": kind, "busy": busy, "latency_us": lat,
-                "busy_ops": total - rounds}
-    finally:
-        for i in range(inited):
-            ref_destroy(&a.rounds[i].ref)
-        free(a.rounds)

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 import percpu
-from percpu import _core
+from percpu import _core, _lab
 
 from .conftest import run_python
 
@@ -17,9 +17,9 @@ def test_features_keys_and_types() -> None:
     assert f["membarrier"] in (None, "expedited", "rseq")
     assert f["cacheline"] in (64, 128)
     assert f["nr_cpus"] == percpu.nr_cpus() >= 1
-    assert f["cpu_source"] in ("rseq", "getcpu", "thread")
-    # rseq fast paths need the rseq cpu source.
-    assert not f["rseq"] or f["cpu_source"] == "rseq"
+    assert f["cpu_source"] in ("mm_cid", "rseq", "getcpu", "thread")
+    # rseq fast paths need ids from the rseq area.
+    assert not f["rseq"] or f["cpu_source"] in ("mm_cid", "rseq")
 
 
 def test_current_cpu_in_range_from_many_threads() -> None:
@@ -58,7 +58,7 @@ def test_no_rseq_env_forces_fallback() -> None:
 
 @pytest.mark.parametrize("threads", [1, 2, 4, 8])
 def test_team_runs_every_thread_to_completion(threads: int) -> None:
-    r = _core.team_selftest(threads, 100_000, pin=threads % 2 == 0)
+    r = _lab.team_selftest(threads, 100_000, pin=threads % 2 == 0)
     assert r["done"] == [100_000] * threads
     assert r["cells"] == [100_000] * threads
     assert r["wall_ns"] > 0
@@ -66,9 +66,9 @@ def test_team_runs_every_thread_to_completion(threads: int) -> None:
 
 def test_team_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        _core.team_selftest(0, 10)
+        _lab.team_selftest(0, 10)
     with pytest.raises(ValueError):
-        _core.team_selftest(2, -1)
+        _lab.team_selftest(2, -1)
 
 
 def test_synchronize_counts_grace_periods() -> None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import percpu
-from percpu.counters import COUNTERS, EXACT_COUNTERS, hammer
+from percpu._lab import hammer
+from percpu.counters import COUNTERS, EXACT_COUNTERS
 
 from .conftest import run_python
 
@@ -132,7 +133,8 @@ def test_no_rseq_fallback_exact() -> None:
     out = run_python(
         """
         import percpu
-        from percpu.counters import COUNTERS, EXACT_COUNTERS, hammer
+        from percpu._lab import hammer
+        from percpu.counters import COUNTERS, EXACT_COUNTERS
         assert percpu.features()["rseq"] is False
         for name in EXACT_COUNTERS:
             for threads in (1, 2, 4, 8):

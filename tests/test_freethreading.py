@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import percpu
-from percpu import _alloc, _core, _refs, pycounter, workloads
-from percpu.counters import COUNTERS, EXACT_COUNTERS, hammer
+from percpu import _alloc, _core, _lab, pycounter, workloads
+from percpu._lab import hammer
+from percpu.counters import COUNTERS, EXACT_COUNTERS
 
 from .conftest import run_python
 
@@ -68,7 +69,7 @@ def test_gil_stays_off_after_importing_percpu() -> None:
         "import sys\n"
         "import percpu, percpu.counters, percpu.refs, percpu.alloc, percpu.workloads\n"
         "import percpu.pycounter, percpu.bench\n"
-        "from percpu import _core, _alloc, _counters, _refs, _workloads\n"
+        "from percpu import _core, _alloc, _counters, _refs, _workloads, _lab\n"
         "c = percpu.Counter(); c.inc()\n"
         "print(sys._is_gil_enabled())\n"
     )
@@ -248,7 +249,7 @@ def test_native_teams_started_from_python_threads_at_once() -> None:
     c = percpu.PerCPUCounter()
     results = together(4, lambda i: hammer(c, 2, 20_000, mixed=bool(i & 1)))
     assert c.value() == sum(r["expected"] for r in results)
-    selftests = together(3, lambda i: _core.team_selftest(2, 5_000))
+    selftests = together(3, lambda i: _lab.team_selftest(2, 5_000))
     assert all(r["cells"] == [5_000, 5_000] for r in selftests)
     runs = together(3, lambda i: workloads.run("stat", "percpu", 2, 5_000, counters=8))
     assert all(r["ops"] == 10_000 for r in runs)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 import io
 import threading
 from typing import Any, Callable, Iterator
@@ -8,7 +7,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import percpu
-from percpu import pycounter
+from percpu import pycounter, workloads
 from percpu.counters import COUNTERS, EXACT_COUNTERS
 
 from .conftest import run_python
@@ -16,18 +15,9 @@ from .conftest import run_python
 ALWAYS_THERE = ["peer:itertools.count", "peer:lock+int", "peer:list.__len__"]
 
 
-def _harness() -> Any:
-    """percpu.workloads with its registry, or a visible skip while the
-    harness has not landed in this tree."""
-    try:
-        workloads = importlib.import_module("percpu.workloads")
-    except ModuleNotFoundError as exc:
-        if exc.name != "percpu.workloads":
-            raise
-        pytest.skip("percpu.workloads (the harness) is not in this tree")
-    if not hasattr(workloads, "register"):
-        pytest.skip("percpu.workloads has no register()")
-    return workloads
+def _refresh() -> None:
+    """Registers the pycounter workload again with the peers now in PEERS."""
+    workloads.register(workloads.pycounter_workload(), replace=True)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -108,7 +98,7 @@ def fake_peers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(pycounter.PEERS, lossy.name, lossy)
     yield
     monkeypatch.undo()
-    pycounter.register()
+    _refresh()
 
 
 def test_missing_peer_is_skipped_with_a_reason(fake_peers: None) -> None:
@@ -189,7 +179,7 @@ def test_fallback_without_rseq_is_exact() -> None:
     out = run_python(
         """
         import percpu
-        from percpu import pycounter
+        from percpu import pycounter, workloads
         assert percpu.features()["rseq"] is False
         for strategy in ("percpu", "approx", "perthread", "striped"):
             for inplace in (0, 1):
@@ -211,8 +201,6 @@ def test_main_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_registered_in_the_harness() -> None:
-    workloads = _harness()
-    importlib.import_module("percpu.pycounter")
     w = workloads.WORKLOADS["pycounter"]
     assert set(COUNTERS) <= set(w.strategies)
     assert set(ALWAYS_THERE) <= set(w.strategies)
@@ -224,14 +212,9 @@ def test_registered_in_the_harness() -> None:
 
 
 def test_missing_peer_shows_in_the_bench_listing(fake_peers: None) -> None:
-    _harness()
-    try:
-        from percpu.bench import _cli
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("percpu.bench"):
-            raise
-        pytest.skip("percpu.bench (the harness) is not in this tree")
-    assert pycounter.register() is True
+    from percpu.bench import _cli
+
+    _refresh()
     out = io.StringIO()
     assert _cli.list_command(out) == 0
     text = out.getvalue()
@@ -275,7 +258,7 @@ def idiom_peers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setitem(pycounter.PEERS, name, peer)
     yield
     monkeypatch.undo()
-    pycounter.register()
+    _refresh()
 
 
 def test_a_missing_idiom_is_skipped_with_a_reason_not_a_crash(
@@ -342,7 +325,7 @@ def test_a_peer_missing_on_a_free_threaded_build_says_why(monkeypatch: pytest.Mo
     assert why is not None and why.startswith("not installed; needs Python 3.12+")
     assert ("; on a free-threaded build it needs cffi" in why) is pycounter.python_build()["free_threaded"]
     monkeypatch.undo()
-    pycounter.register()
+    _refresh()
 
 
 class FailsInThreads:
@@ -373,4 +356,4 @@ def test_a_peer_failing_in_the_table_is_reported_and_dropped(
     rows = [line.split() for line in out.splitlines() if line.startswith("peer:test-flaky ")]
     assert [row[1] for row in rows] == ["own"] and rows[0][-1] == "0"
     monkeypatch.undo()
-    pycounter.register()
+    _refresh()

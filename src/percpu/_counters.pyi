@@ -7,10 +7,6 @@ import numpy.typing as npt
 
 from percpu._alloc import PerCPUPool
 
-class HammerResult(TypedDict):
-    wall_ns: int
-    ns_per_op: float
-    expected: int
 
 class CounterBase:
     strategy: ClassVar[str]
@@ -41,7 +37,7 @@ class PerCPUCounter(CounterBase):
     def per_cpu(self) -> npt.NDArray[np.int64]: ...
 
 class PerThreadCounter(CounterBase):
-    def __init__(self, capacity: int = ...) -> None: ...
+    def __init__(self, capacity: int | None = None) -> None: ...
     def per_cpu(self) -> npt.NDArray[np.int64]: ...
 
 class ApproxCounter(CounterBase):
@@ -60,7 +56,3 @@ class StripedCounter(CounterBase):
     @property
     def stripes(self) -> int: ...
     def per_cpu(self) -> npt.NDArray[np.int64]: ...
-
-def hammer(
-    counter: CounterBase, threads: int, ops: int, mixed: bool = ..., pin: bool = ...
-) -> HammerResult: ...

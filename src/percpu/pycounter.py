@@ -32,9 +32,9 @@ says which build ran it (``free_threaded``, ``gil_enabled``).
 
 ``python -m percpu.pycounter`` prints every strategy in every form at 1 and 2
 threads in one run, with the scaling (2 threads over 1, in total ns per
-increment: 0.5 is perfect). Importing this module registers the workload
-into ``percpu.workloads.WORKLOADS`` when the harness is there, so that
-``python -m percpu.bench run --workloads pycounter`` runs it.
+increment: 0.5 is perfect). ``percpu.workloads`` registers it as the
+workload ``pycounter``, so that ``python -m percpu.bench run --workloads
+pycounter`` runs it.
 """
 from __future__ import annotations
 
@@ -46,9 +46,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from percpu._checks import check_argv, check_int, check_mapping
+from percpu._core import MAX_THREADS
 from percpu.counters import COUNTERS
 
 __all__ = [
+    "BASELINE",
+    "DESCRIPTION",
     "FORMS",
     "PEERS",
     "PEER_PREFIX",
@@ -60,16 +64,21 @@ __all__ = [
     "main",
     "peer_status",
     "python_build",
-    "register",
     "run",
     "strategies",
     "unavailable_strategies",
 ]
 
 WORKLOAD = "pycounter"
+DESCRIPTION = (
+    "P Python threads doing K increments each through the public Python "
+    "API on one shared counter (inplace=1: c += 1; bound=1: inc = c.inc "
+    "once per thread; own=1: a counter per thread), percpu's counters and "
+    "the peers that are installed"
+)
+#: What speedups are measured against: the standard library's counter.
+BASELINE = "peer:itertools.count"
 PEER_PREFIX = "peer:"
-#: As many threads as the thread registry of percpu holds.
-MAX_THREADS = 1024
 #: The forms of the table, in its order: (label, inplace, bound, own).
 FORMS: tuple[tuple[str, bool, bool, bool], ...] = (
     ("shared", False, False, False),
@@ -260,9 +269,9 @@ def _probe(peer: Peer) -> str | None:
     except Exception as exc:  # any failure of a third-party import means "skip"
         return f"cannot use: {type(exc).__name__}: {exc}"
     method_idiom, method_loop = peer.method
-    why = _try_idiom(peer, module, method_loop)
-    if why is not None:
-        return f"cannot use {method_idiom}: {why}"
+    broken = _try_idiom(peer, module, method_loop)
+    if broken is not None:
+        return f"cannot use {method_idiom}: {broken}"
     idioms: dict[str, str | None] = {}
     if peer.inplace is None:
         idioms["inplace"] = "has no in-place add"
@@ -325,10 +334,6 @@ def unavailable_strategies() -> dict[str, str]:
     return {PEER_PREFIX + n: why for n, why in peer_status().items() if why is not None}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class _Plan:
     """What each thread runs: how to make a counter, the loop, how to read it."""
 
@@ -382,36 +387,52 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
     ``inplace``: ``c += 1``).
 
     Returns ``seconds`` (barrier release to the last thread's finish),
-    ``ops`` (increments asked for, all threads), ``threads``, ``expected``,
-    ``observed`` (the final count, summed over the counters with ``own``),
-    ``lost_updates`` (expected - observed), ``exact`` (bool; these three are
-    None for a baseline that counts nothing), ``ns_per_increment``
-    (seconds / ops), ``idiom`` (the statement each thread ran: a peer
-    without the asked-for idiom runs its plain one), ``shared`` (one counter
-    for all threads) and the build (``free_threaded``, ``gil_enabled``).
+    ``ops`` (increments asked for, all threads), ``thread_ops`` (each
+    thread's), ``threads``, ``expected``, ``observed`` (the final count,
+    summed over the counters with ``own``), ``lost_updates`` (expected -
+    observed), ``exact`` (bool; these three are None for a baseline that
+    counts nothing), ``ns_per_increment`` (seconds / ops), ``idiom`` (the
+    statement each thread ran: a peer without the asked-for idiom runs its
+    plain one), ``shared`` (one counter for all threads) and the build
+    (``free_threaded``, ``gil_enabled``).
 
     Raises ``TypeError`` for a threads or ops that is not an int,
     ``ValueError`` for an unknown or unavailable strategy, ``threads``
-    outside 1..1024, ``ops < 0`` or both ``inplace`` and ``bound``.
+    outside 1..MAX_THREADS, ``ops`` outside 0..2**40
+    (``percpu.workloads.MAX_OPS``) or both ``inplace`` and ``bound``.
     """
-    if not _is_int(threads):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-    if not _is_int(ops):
-        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
     if not isinstance(strategy, str):
         raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
-    if not 0 < threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
+    _check_request(threads, ops)
+    return _run(strategy, threads, ops, bool(inplace), bool(bound), bool(own))
+
+
+def _check_request(threads: object, ops: object) -> None:
+    # percpu.workloads imports this module: its limit is looked up at call time.
+    from percpu.workloads import MAX_OPS
+
+    check_int(threads, "threads", 1, MAX_THREADS)
+    check_int(ops, "ops", 0, MAX_OPS)
+
+
+#: A time-bounded run looks at the clock after every this many increments.
+TIMED_CHUNK = 256
+
+
+def _run(strategy: str, threads: int, ops: int, inplace: bool, bound: bool = False,
+         own: bool = False, duration: float = 0.0) -> dict[str, Any]:
+    # The checked request of run() or of percpu.workloads.run(); duration > 0:
+    # every thread stops once that many seconds have passed since the start
+    # (ops is then a cap) and thread_ops says how far each got.
     if inplace and bound:
         raise ValueError("bound=1 binds a method; c += 1 (inplace=1) has none to bind")
-    plan = _prepare(strategy, bool(inplace), bool(bound))
+    plan = _prepare(strategy, inplace, bound)
     shared = None if own else plan.make()
     counters: list[Any] = [None] * threads
 
     started: list[float] = []
     ends = [0.0] * threads
+    done = [ops] * threads
     errors: list[BaseException] = []
 
     def release() -> None:
@@ -419,6 +440,17 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
         started.append(time.perf_counter())
 
     barrier = threading.Barrier(threads, action=release)
+
+    def timed(i: int, target: Any) -> None:
+        deadline = started[0] + duration
+        n = 0
+        while n < ops:
+            k = min(TIMED_CHUNK, ops - n)
+            plan.loop(target, k)
+            n += k
+            if time.perf_counter() >= deadline:
+                break
+        done[i] = n
 
     def worker(i: int) -> None:
         try:
@@ -429,7 +461,10 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
             counters[i] = c
             target = getattr(c, plan.bind) if plan.bind is not None else c
             barrier.wait()
-            plan.loop(target, ops)
+            if duration > 0:
+                timed(i, target)
+            else:
+                plan.loop(target, ops)
             ends[i] = time.perf_counter()
         except BaseException as exc:  # surfaced in the caller's thread below
             errors.append(exc)
@@ -444,7 +479,7 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
     if errors:
         raise RuntimeError(f"pycounter/{strategy}: a thread failed: {errors[0]!r}") from errors[0]
     seconds = max(ends) - started[0]
-    expected = threads * ops
+    expected = sum(done)
     observed: int | None = None
     if plan.read is not None:
         read = plan.read
@@ -453,6 +488,7 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
     result: dict[str, Any] = {
         "seconds": seconds,
         "ops": total,
+        "thread_ops": done,
         "threads": threads,
         "strategy": strategy,
         "expected": expected,
@@ -467,48 +503,20 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False,
     return result
 
 
-def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
+def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int],
+           duration_ns: int = 0) -> dict[str, Any]:
     """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``,
-    ``bound``, ``own``)."""
-    result = run(strategy, threads, ops, inplace=bool(params.get("inplace", 0)),
-                 bound=bool(params.get("bound", 0)), own=bool(params.get("own", 0)))
+    ``bound``, ``own``; ``duration_ns`` > 0: a time-bounded run, ``ops`` a cap)."""
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
+    _check_request(threads, ops)
+    check_mapping(params, "params")
+    check_int(duration_ns, "duration_ns", 0)
+    result = _run(strategy, threads, ops, bool(params.get("inplace", 0)),
+                  bool(params.get("bound", 0)), bool(params.get("own", 0)), duration_ns / 1e9)
     result.pop("strategy")
     result["kernel"] = "python"
     return result
-
-
-def register() -> bool:
-    """Register (or refresh) the ``pycounter`` workload in
-    ``percpu.workloads.WORKLOADS``; False when the harness is not there."""
-    try:
-        workloads = importlib.import_module("percpu.workloads")
-    except ModuleNotFoundError as exc:
-        if exc.name != "percpu.workloads":
-            raise
-        return False
-    workload_cls = getattr(workloads, "Workload", None)
-    add = getattr(workloads, "register", None)
-    if workload_cls is None or add is None:
-        # percpu.workloads is still being imported and has not defined its
-        # registry yet; it imports this module again once it has.
-        return False
-    add(
-        workload_cls(
-            WORKLOAD,
-            "P Python threads doing K increments each through the public Python "
-            "API on one shared counter (inplace=1: c += 1; bound=1: inc = c.inc "
-            "once per thread; own=1: a counter per thread), percpu's counters and "
-            "the peers that are installed",
-            available_strategies(),
-            {"inplace": 0, "bound": 0, "own": 0},
-            minimums={"inplace": 0, "bound": 0, "own": 0},
-            unavailable=unavailable_strategies(),
-            kernel=kernel,
-            baseline="peer:itertools.count",
-        ),
-        replace=True,
-    )
-    return True
 
 
 Row = tuple[str, str, str, dict[int, dict[str, Any]]]
@@ -577,15 +585,22 @@ def main(argv: list[str] | None = None) -> int:
     total ns per increment (all threads; best of REPEAT runs) for every
     strategy in every form, the scaling from the first thread count to the
     last, and lost updates."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else check_argv(argv) or ())
+    usage = "usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]"
     try:
+        if len(args) > 3:
+            raise ValueError(f"at most 3 arguments, not {len(args)}")
         threads = sorted({int(t) for t in (args[0] if args else "1,2").split(",") if t})
         ops = int(args[1]) if len(args) > 1 else 200_000
         repeat = int(args[2]) if len(args) > 2 else 5
-        if not threads or threads[0] <= 0 or ops <= 0 or repeat <= 0:
-            raise ValueError
-    except ValueError:
-        print("usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]", file=sys.stderr)
+        if not threads:
+            raise ValueError("THREADS lists no thread count")
+        for t in threads:
+            _check_request(t, ops)
+        if repeat < 1:
+            raise ValueError("REPEAT must be >= 1")
+    except ValueError as exc:
+        print(f"{usage}\npercpu.pycounter: error: {exc}", file=sys.stderr)
         return 2
     skipped: list[str] = []
     rows = _table(threads, ops, repeat, skipped)
@@ -610,8 +625,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{'' if ratio is None else f'{ratio:.2f}':>7} {lost:>6}")
     return 0
 
-
-register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,8 +16,8 @@
  * atomics and cannot prove there is one writer; the exact totals below do.
  *
  * Usage: stress [--rseq-ids] [phase...]
- *   phases: init counters approx perthread grace (default: all of them),
- *   source (only prints where cpu ids come from)
+ *   phases: init counters approx perthread grace fork bound (default: all of
+ *   them), source (only prints where cpu ids come from)
  *   --rseq-ids: take cpu ids from the rseq area glibc registered (the default
  *   in the library) instead of forcing the getcpu fallback with
  *   PERCPU_NO_RSEQ=1.
@@ -25,6 +25,10 @@
  * (TSAN_OPTIONS=exitcode, or halt_on_error=1).
  */
 #include "percpu.h"
+#include "percpu/registry_init.h"
+#include "percpu/team.h"
+
+#include <sys/wait.h>
 
 #define THREADS 4
 #define OPS 20000
@@ -69,45 +73,51 @@ static void run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops, int p
 }
 
 /* ------------------------------------------------------------------------ */
-/* The registry, created as percpu._core creates it                           */
+/* The registry: created by the library's own pc_registry_create(), which     */
+/* also installs the fork handlers (the fork phase runs them).                */
 
-static pc_registry *the_registry;
-
-static void registry_thread_exit(void *rec) {
-    pc_registry_leave(the_registry, (pc_thread_rec *)rec);
-}
-
-static pc_registry *registry_new(void) {
-    pc_registry *reg = (pc_registry *)zalloc_aligned(sizeof *reg);
-    int i;
-    pthread_mutex_init(&reg->lock, NULL);
-    if (pthread_key_create(&reg->key, registry_thread_exit)) {
-        perror("pthread_key_create");
+static pc_registry *registry(void) {
+    if (!pc_the_registry && pc_registry_create() != 0) {
+        perror("pc_registry_create");
         exit(2);
     }
-    for (i = 0; i < PC_MAX_THREADS; i++) reg->recs[i].index = i;
-    reg->membarrier = PC_MB_NONE;
-    return reg;
+    return pc_the_registry;
 }
 
 /* ------------------------------------------------------------------------ */
-/* init: every thread's first call races the module's one-time cpu setup      */
+/* init: every thread's first call races this module's adoption of the        */
+/* process-wide choice (the registry made it, once; each module copies it)    */
 
 static void init_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    pc_percpu_counter *c = (pc_percpu_counter *)arg;
     int64_t i, bad = 0;
-    (void)arg;
     (void)tid;
     for (i = 0; i < ops; i++) {
-        int c = pc_current_cpu();
-        if (c < 0 || c >= pc_nr_cpus()) bad++;
+        /* The counter's slow path adopts from c->reg; the raw calls after
+         * it need the adoption to be complete in this thread. */
+        pc_percpu_counter_add(c, 1);
+        int s = pc_current_slot();
+        int cpu = pc_current_cpu();
+        if (cpu < 0 || cpu >= pc_nr_cpus()) bad++;
+        if (s < 0 || s >= pc_slots_in_use(&c->reg->proc)) bad++;
     }
     *done = bad ? -bad : ops;
 }
 
 static void phase_init(void) {
-    /* The barrier releases every thread at once into pc_cpu_source()'s and
-     * pc_nr_cpus()'s first call. */
-    run_team(init_kernel, NULL, THREADS, 64, 0);
+    pc_registry *reg = registry();
+    pc_percpu_counter c;
+    size_t n = (size_t)reg->proc.nr_cpus + 1;
+    /* Forget this module's copy: the barrier releases every thread at once
+     * into the adoption. */
+    memset(&pc_mod, 0, sizeof pc_mod);
+    c.base = (char *)zalloc_aligned(n * PC_CACHELINE);
+    c.stride = PC_CACHELINE;
+    c.reg = reg;
+    run_team(init_kernel, &c, THREADS, 64, 0);
+    CHECK(pc_percpu_counter_read(&c) == THREADS * 64, "init: counter %lld, expected %d",
+          (long long)pc_percpu_counter_read(&c), THREADS * 64);
+    free(c.base);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -178,13 +188,15 @@ static void *counter_new(int kind, size_t *stride_out) {
     case K_ATOMIC: return zalloc_aligned(sizeof(pc_cell));
     case K_LOCKED: {
         pc_locked_counter *c = (pc_locked_counter *)zalloc_aligned(sizeof *c);
-        pthread_mutex_init(&c->lock, NULL);
+        if (pc_locked_counter_init(c, registry())) exit(2);
         return c;
     }
     case K_PERCPU: {
         pc_percpu_counter *c = (pc_percpu_counter *)zalloc_aligned(sizeof *c);
-        c->base = (char *)zalloc_aligned(n * stride);
+        /* A slot per possible CPU and the shared one, as a pool gives. */
+        c->base = (char *)zalloc_aligned((n + 1) * stride);
         c->stride = stride;
+        c->reg = registry();
         return c;
     }
     case K_PERTHREAD: {
@@ -192,13 +204,13 @@ static void *counter_new(int kind, size_t *stride_out) {
         /* Fewer slots than threads: some threads take the overflow cell. */
         c->capacity = 2;
         c->slots = (char *)zalloc_aligned((size_t)c->capacity * PC_CACHELINE);
-        c->reg = the_registry;
+        c->reg = registry();
         return c;
     }
     case K_APPROX: {
         pc_approx_counter *c = (pc_approx_counter *)zalloc_aligned(sizeof *c);
-        pthread_mutex_init(&c->lock, NULL);
-        c->base = (char *)zalloc_aligned(n * stride);
+        if (pc_approx_counter_init(c, registry())) exit(2);
+        c->base = (char *)zalloc_aligned((n + 1) * stride);
         c->stride = stride;
         c->batch = 4; /* small: most adds fold */
         return c;
@@ -215,11 +227,11 @@ static void *counter_new(int kind, size_t *stride_out) {
 
 static void counter_free(int kind, void *p) {
     switch (kind) {
-    case K_LOCKED: pthread_mutex_destroy(&((pc_locked_counter *)p)->lock); break;
+    case K_LOCKED: pc_locked_counter_fini((pc_locked_counter *)p, registry()); break;
     case K_PERCPU: free(((pc_percpu_counter *)p)->base); break;
     case K_PERTHREAD: free(((pc_perthread_counter *)p)->slots); break;
     case K_APPROX:
-        pthread_mutex_destroy(&((pc_approx_counter *)p)->lock);
+        pc_approx_counter_fini((pc_approx_counter *)p, registry());
         free(((pc_approx_counter *)p)->base);
         break;
     case K_STRIPED: free(((pc_striped_counter *)p)->cells); break;
@@ -295,7 +307,7 @@ typedef struct {
 
 static void grace_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
     grace_job *g = (grace_job *)arg;
-    pc_registry *reg = the_registry;
+    pc_registry *reg = pc_the_registry;
     if (tid == 0) {
         int64_t i;
         for (i = 0; i < g->swaps; i++) {
@@ -366,17 +378,182 @@ static void grace_run(const char *what) {
 }
 
 static void phase_grace(void) {
-    the_registry->membarrier = PC_MB_NONE;
+    pc_registry *reg = registry();
+    int32_t registered = reg->membarrier;
+    reg->membarrier = PC_MB_NONE;
     grace_run("fences");
     /* The expedited flavour: readers only order their seq store with a
      * compiler barrier, the writer's membarrier() fences them. */
-    if (pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED, 0) == 0) {
-        the_registry->membarrier = PC_MB_EXPEDITED;
+    if (registered != PC_MB_NONE) {
+        reg->membarrier = PC_MB_EXPEDITED;
         grace_run("membarrier");
-        the_registry->membarrier = PC_MB_NONE;
     } else {
-        fprintf(stderr, "grace (membarrier): not available here (%s), not run\n", strerror(errno));
+        fprintf(stderr, "grace (membarrier): not registered here, not run\n");
     }
+    reg->membarrier = registered;
+}
+
+/* ------------------------------------------------------------------------ */
+/* fork: the library's atfork handlers while other threads hold and release  */
+/* tracked locks; each child must find every lock free and the counts whole.  */
+
+typedef struct {
+    pc_locked_counter *locked;
+    pc_approx_counter *approx;
+    int32_t stop;
+    int64_t children;
+    int64_t bad;
+} fork_job;
+
+static void fork_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    fork_job *f = (fork_job *)arg;
+    int64_t i = 0;
+    (void)ops;
+    if (tid == 0) {
+        for (i = 0; i < 20; i++) {
+            pid_t pid = fork();
+            int status = 0;
+            if (pid == 0) {
+                /* Only this thread exists here: a lock another thread held
+                 * at fork would block forever. */
+                pc_locked_counter_add(f->locked, 1);
+                pc_approx_counter_add(f->approx, 1);
+                (void)pc_approx_counter_read(f->approx);
+                _exit(0);
+            }
+            if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+                WEXITSTATUS(status) != 0)
+                f->bad++;
+            f->children++;
+        }
+        /* Release: the workers see the stop flag and stop. */
+        pc_store_i32(&f->stop, 1, PC_RELEASE);
+        *done = ops;
+        return;
+    }
+    while (!pc_load_i32(&f->stop, PC_ACQUIRE)) {
+        pc_locked_counter_add(f->locked, 1);
+        pc_approx_counter_add(f->approx, 1);
+        i++;
+    }
+    *done = ops;
+    (void)i;
+}
+
+static void phase_fork(void) {
+    size_t stride;
+    fork_job f;
+    memset(&f, 0, sizeof f);
+    f.locked = (pc_locked_counter *)counter_new(K_LOCKED, &stride);
+    f.approx = (pc_approx_counter *)counter_new(K_APPROX, &stride);
+    run_team(fork_kernel, &f, THREADS, 1, 0);
+    CHECK(f.bad == 0, "fork: %lld of %lld children failed or hung", (long long)f.bad,
+          (long long)f.children);
+    CHECK(pc_locked_counter_read(f.locked) == pc_approx_counter_read(f.approx),
+          "fork: locked %lld != approx %lld", (long long)pc_locked_counter_read(f.locked),
+          (long long)pc_approx_counter_read(f.approx));
+    fprintf(stderr, "fork: %lld children, %lld adds beside them\n", (long long)f.children,
+            (long long)pc_locked_counter_read(f.locked));
+    counter_free(K_LOCKED, f.locked);
+    counter_free(K_APPROX, f.approx);
+}
+
+/* ------------------------------------------------------------------------ */
+/* bound: the slot bound's ordering argument (percpu/cpu.h, pc_proc), tried.  */
+/*
+ * A private pc_proc pretends to have BOUND_IDS possible CPUs and starts with
+ * bound 0. Each writer owns one object (an array of slots) and adds 1 to
+ * slots picked all over [0, BOUND_IDS), raising the bound first, exactly as
+ * the library's slow paths do; every so often it publishes how many adds it
+ * made (release). The reader thread checks, for each writer, that the sum
+ * over [0, bound) (pc_slots_sum: an acquire load of the bound) counts at
+ * least the adds published: an add whose raise the sum's bound load missed
+ * would be missing. At the end, as an allocator reusing the objects would,
+ * it zeroes [0, bound) of each object with plain stores and then checks
+ * every slot is zero: a write beyond the bound it loaded would show, and a
+ * write not ordered before its zeroing would be a race for TSan.
+ */
+#define BOUND_IDS 64
+#define BOUND_WRITERS (THREADS - 1)
+
+typedef struct {
+    pc_proc proc;
+    int64_t *objs[BOUND_WRITERS];  /* BOUND_IDS + 1 slots each, a line apart */
+    int64_t published[BOUND_WRITERS];
+    int64_t short_sums;  /* reader saw fewer adds than published */
+    int64_t checks;
+    int32_t writers_done;
+} bound_job;
+
+#define BOUND_STRIDE (PC_CACHELINE / sizeof(int64_t))
+
+static void bound_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    bound_job *b = (bound_job *)arg;
+    if (tid > 0) {
+        int w = tid - 1;
+        int64_t *obj = b->objs[w];
+        int64_t i;
+        for (i = 0; i < ops; i++) {
+            /* The ids spread over a range that grows through the run, so
+             * raises keep coming while the reader reads. */
+            int64_t range = 1 + i * BOUND_IDS / ops;
+            uint32_t id = (uint32_t)((i * 7 + w * 13) % range);
+            if ((int32_t)id >= pc_load_i32(&b->proc.bound, PC_ACQUIRE)) pc_slot_raise(&b->proc, id);
+            /* One writer per object, as a slot has in a section: relaxed
+             * load and store (readers run concurrently). */
+            pc_store_i64(&obj[id * BOUND_STRIDE],
+                         pc_load_i64(&obj[id * BOUND_STRIDE], PC_RELAXED) + 1, PC_RELAXED);
+            /* Release: a reader that sees the count sees the adds. */
+            if ((i & 63) == 63) {
+                pc_store_i64(&b->published[w], i + 1, PC_RELEASE);
+                /* Two CPUs, four threads: let the reader in. */
+                if ((i & 1023) == 1023) sched_yield();
+            }
+        }
+        pc_store_i64(&b->published[w], ops, PC_RELEASE);
+        pc_fetch_add_i32(&b->writers_done, 1, PC_RELEASE);
+        *done = ops;
+        return;
+    }
+    {
+        int w, finished;
+        do {
+            finished = pc_load_i32(&b->writers_done, PC_ACQUIRE) == BOUND_WRITERS;
+            for (w = 0; w < BOUND_WRITERS; w++) {
+                int64_t seen = pc_load_i64(&b->published[w], PC_ACQUIRE);
+                int64_t sum = pc_slots_sum(&b->proc, (const char *)b->objs[w],
+                                           BOUND_STRIDE * sizeof(int64_t));
+                if (sum < seen) b->short_sums++;
+                b->checks++;
+            }
+            sched_yield();
+        } while (!finished);
+        /* The allocator's zeroing: [0, bound) only, then every slot. */
+        for (w = 0; w < BOUND_WRITERS; w++) {
+            int32_t c, n = pc_slots_in_use(&b->proc);
+            for (c = 0; c < n; c++) b->objs[w][c * BOUND_STRIDE] = 0;
+            for (c = 0; c <= BOUND_IDS; c++)
+                if (b->objs[w][c * BOUND_STRIDE] != 0) b->short_sums += 1000000;
+        }
+        *done = ops;
+    }
+}
+
+static void phase_bound(void) {
+    bound_job *b = (bound_job *)zalloc_aligned(sizeof *b);
+    int w;
+    b->proc.nr_cpus = BOUND_IDS;
+    b->proc.mode = PC_CPU_GETCPU;
+    for (w = 0; w < BOUND_WRITERS; w++)
+        b->objs[w] = (int64_t *)zalloc_aligned((BOUND_IDS + 1) * PC_CACHELINE);
+    run_team(bound_kernel, b, THREADS, OPS, 0);
+    CHECK(b->short_sums == 0, "bound: %lld sums missed published adds or slots stayed dirty",
+          (long long)b->short_sums);
+    CHECK(b->proc.bound == BOUND_IDS, "bound: %d, expected %d", b->proc.bound, BOUND_IDS);
+    fprintf(stderr, "bound: raised to %d by %d writers, %lld reader checks\n", b->proc.bound,
+            BOUND_WRITERS, (long long)b->checks);
+    for (w = 0; w < BOUND_WRITERS; w++) free(b->objs[w]);
+    free(b);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -386,10 +563,10 @@ int main(int argc, char **argv) {
     for (i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--rseq-ids")) rseq_ids = 1;
     if (!rseq_ids) setenv("PERCPU_NO_RSEQ", "1", 1);
-    the_registry = registry_new();
-    /* The one-time cpu setup runs here, before any thread exists, as it does
-     * at import in the library; only the init phase races it on purpose. */
-    if (!(argc == 2 + rseq_ids && !strcmp(argv[argc - 1], "init"))) (void)pc_cpu_source();
+    /* The process-wide choice is made here, before any thread exists, as it
+     * is at import in the library (pc_registry_create); the init phase
+     * races this module's adoption of it on purpose. */
+    (void)registry();
     for (i = 1; i < argc; i++) {
         const char *p = argv[i];
         if (!strcmp(p, "--rseq-ids")) continue;
@@ -400,6 +577,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(p, "approx")) phase_approx();
         else if (!strcmp(p, "source")) (void)pc_cpu_source();
         else if (!strcmp(p, "grace")) phase_grace();
+        else if (!strcmp(p, "fork")) phase_fork();
+        else if (!strcmp(p, "bound")) phase_bound();
         else {
             fprintf(stderr, "unknown phase %s\n", p);
             return 2;
@@ -411,6 +590,8 @@ int main(int argc, char **argv) {
         phase_approx();
         phase_perthread();
         phase_grace();
+        phase_fork();
+        phase_bound();
     }
     fprintf(stderr, "cpu source %s, nr_cpus %d, rseq fast paths %s: %s\n", pc_cpu_source_name(),
             pc_nr_cpus(), pc_rseq_live() ? "on" : "off", failures ? "FAILED" : "ok");
