@@ -16,6 +16,9 @@ if pc_registry_create() != 0:
 
 _registry = PyCapsule_New(<void *>pc_the_registry, b"percpu._core._registry", NULL)
 
+#: The thread registry's record count: the most threads a team may have.
+MAX_THREADS = PC_MAX_THREADS
+
 
 def nr_cpus() -> int:
     """Number of per-CPU slots: every possible CPU (not only the online ones)."""

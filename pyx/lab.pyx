@@ -3,7 +3,8 @@
 
 The lab drives the library's nogil C API from a team of native threads
 (pyx/include/percpu/team.h): the counters' adds (``hammer``), the allocator
-under concurrent alloc/free (``_stress``, ``_percpu_add_stress``), references
+under concurrent alloc/free (``_stress``, ``_percpu_add_stress``) and its
+cost per alloc+free pair (``alloc_free``), references
 taken, dropped and killed concurrently (``_stress_kill``, ``_stress_exact``,
 ``_team_refops``), the references' lifetime rules (``_tryget_live_vs_kill``,
 ``_misused_get_vs_tryget``, ``_release_frees_object``), a thread's registry
@@ -104,10 +105,21 @@ cdef void *_state(CounterBase counter):
     return (<StripedCounter>counter).c
 
 
+cdef void _generic_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    # Any counter class through its C vtable (CounterBase._add): a strategy
+    # that has no specialised loop yet, or a subclass, still runs.
+    cdef pc_counter_job *job = <pc_counter_job *>arg
+    cdef int64_t i
+    for i in range(ops):
+        (<CounterBase>job.c)._add(-1 if job.mixed and (i & 3) == 3 else 1)
+    done[0] = ops
+
+
 def hammer(CounterBase counter not None, int threads, long long ops, bint mixed=False,
            bint pin=False):
     """Run ``ops`` adds per thread on ``threads`` native threads (GIL released),
-    each add inlined in a loop specialised for the counter's strategy.
+    each add inlined in a loop specialised for the counter's strategy (any
+    other counter class, a subclass included, through its C vtable).
 
     ``mixed``: every fourth op subtracts 1 instead of adding it, so the
     expected total is ``threads * (ops - 2 * (ops // 4))``; otherwise
@@ -115,13 +127,17 @@ def hammer(CounterBase counter not None, int threads, long long ops, bint mixed=
     ``ns_per_op`` is wall time per op per thread.
     """
     kind = _KINDS.get(type(counter))
-    if kind is None:
-        raise TypeError(f"hammer() needs one of the percpu counters, not {type(counter).__name__}")
     cdef pc_counter_job job
-    job.kind = kind
+    cdef pc_kernel_fn fn = pc_counter_kernel
     job.mixed = mixed
-    job.c = _state(counter)
-    cdef int64_t wall_ns = pc_run_team(pc_counter_kernel, &job, threads, ops, NULL, pin)
+    if kind is None:
+        job.kind = -1
+        job.c = <void *>counter  # kept alive by the caller's reference
+        fn = _generic_counter_kernel
+    else:
+        job.kind = kind
+        job.c = _state(counter)
+    cdef int64_t wall_ns = pc_run_team(fn, &job, threads, ops, NULL, pin)
     per_thread = ops - 2 * (ops // 4) if mixed else ops
     return {
         "wall_ns": wall_ns,
@@ -146,6 +162,8 @@ cdef struct TeamArg:
     int64_t *failures       # per thread: allocations that failed
     char *counter_base      # _percpu_add_stress: the counters' CPU-0 copies
     size_t counter_stride
+    int64_t *handles        # _free_race: the objects every thread frees
+    int64_t nhandles
 
 
 cdef inline int64_t _t_alloc(TeamArg *a, size_t size) noexcept nogil:
@@ -154,11 +172,10 @@ cdef inline int64_t _t_alloc(TeamArg *a, size_t size) noexcept nogil:
     return naive_alloc(a.naive, size, GRANULE, False)
 
 
-cdef inline void _t_free(TeamArg *a, int64_t h) noexcept nogil:
+cdef inline int _t_free(TeamArg *a, int64_t h) noexcept nogil:
     if a.pool != NULL:
-        pcpool_free(a.pool, h)
-    else:
-        naive_free(a.naive, h)
+        return pcpool_free(a.pool, h)
+    return naive_free(a.naive, h)
 
 
 cdef inline char *_t_ptr(TeamArg *a, int64_t h, int cpu) noexcept nogil:
@@ -241,6 +258,33 @@ cdef void _pool_stress_kernel(void *arg, int tid, int64_t ops, int64_t *done) no
     done[0] = ops
 
 
+cdef void _alloc_free_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    cdef TeamArg *a = <TeamArg *>arg
+    cdef int64_t i, h, failures = 0
+    for i in range(ops):
+        h = _t_alloc(a, a.size)
+        if h < 0:
+            failures += 1
+        else:
+            _t_free(a, h)
+    a.failures[tid] = failures
+    done[0] = ops
+
+
+cdef void _free_race_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    # Every thread frees every object, in the same order: the frees of one
+    # handle run at about the same moment. corrupt counts the refusals.
+    cdef TeamArg *a = <TeamArg *>arg
+    cdef int64_t i, freed = 0, refused = 0
+    for i in range(a.nhandles):
+        if _t_free(a, a.handles[i]) == 0:
+            freed += 1
+        else:
+            refused += 1
+    a.failures[tid] = refused
+    done[0] = freed
+
+
 cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil:
     cdef TeamArg *a = <TeamArg *>arg
     cdef int64_t i
@@ -253,7 +297,8 @@ cdef void _percpu_add_kernel(void *arg, int tid, int64_t ops, int64_t *done) noe
 
 
 cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_kernel_fn fn,
-                    char *counter_base=NULL, size_t counter_stride=0):
+                    char *counter_base=NULL, size_t counter_stride=0, bint pin=False,
+                    int64_t *handles=NULL, int64_t nhandles=0):
     if threads <= 0:
         raise ValueError(f"threads must be > 0, not {threads}")
     if ops < 0:
@@ -277,6 +322,8 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     arg.size = size
     arg.counter_base = counter_base
     arg.counter_stride = counter_stride
+    arg.handles = handles
+    arg.nhandles = nhandles
     cdef int64_t *buf = <int64_t *>malloc(4 * <size_t>threads * sizeof(int64_t))
     if buf == NULL:
         raise MemoryError()
@@ -285,7 +332,7 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     arg.nonzero = buf + 2 * threads
     arg.failures = buf + 3 * threads
     try:
-        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, False)
+        wall_ns = pc_run_team(fn, &arg, threads, ops, buf, pin)
         return {
             "threads": threads,
             "ops": ops,
@@ -305,6 +352,55 @@ def _stress(pool, int threads, long long ops, size_t size=64) -> dict:
     pattern unique to (thread, object, cpu), check it before freeing. Returns
     counts of ``corrupt`` and ``nonzero`` copies and of ``failures``."""
     return _pool_team(pool, threads, ops, size, _pool_stress_kernel)
+
+
+def alloc_free(pool, int threads, long long ops, size_t size=8, bint pin=False) -> dict:
+    """Each of ``threads`` native threads runs ``ops`` pairs of alloc(size) and
+    free through the pool's nogil C API (``pcpool_alloc``/``pcpool_free`` or
+    the naive pool's). Returns ``wall_ns`` (barrier release to the last
+    thread's finish), ``ns_per_pair`` (wall time / ops: what one thread sees
+    per pair), ``pairs_per_sec`` (all threads) and ``failures``."""
+    r = _pool_team(pool, threads, ops, size, _alloc_free_kernel, NULL, 0, pin)
+    r["ns_per_pair"] = r["wall_ns"] / ops if ops else 0.0
+    r["pairs_per_sec"] = threads * ops * 1e9 / r["wall_ns"] if r["wall_ns"] else 0.0
+    return r
+
+
+def _free_race(pool, int threads, long long objects, size_t size=8) -> dict:
+    """Test helper: allocates ``objects`` objects, then ``threads`` native
+    threads each free every one of them, in the same order. Exactly one free
+    of each object may succeed. Returns ``done`` (frees that succeeded, per
+    thread) and ``failures`` (frees refused, all threads)."""
+    cdef pc_pool *p = NULL
+    cdef pc_naive *n = NULL
+    cdef int64_t *handles
+    cdef int64_t i, j, h
+    if isinstance(pool, PerCPUPool):
+        p = (<PerCPUPool>pool).c
+    elif isinstance(pool, NaivePool):
+        n = (<NaivePool>pool).c
+    else:
+        raise TypeError(f"pool must be a PerCPUPool or NaivePool, not {type(pool).__name__}")
+    if objects < 0:
+        raise ValueError(f"objects must be >= 0, not {objects}")
+    handles = <int64_t *>malloc(max(<size_t>objects, 1) * sizeof(int64_t))
+    if handles == NULL:
+        raise MemoryError()
+    try:
+        for i in range(objects):
+            h = pcpool_alloc(p, size, GRANULE, False) if p != NULL else naive_alloc(n, size, GRANULE, False)
+            if h < 0:
+                for j in range(i):
+                    if p != NULL:
+                        pcpool_free(p, handles[j])
+                    else:
+                        naive_free(n, handles[j])
+                raise MemoryError() if h == -1 else ValueError(f"bad size {size}")
+            handles[i] = h
+        return _pool_team(pool, threads, 0, size, _free_race_kernel, NULL, 0, False,
+                          handles, objects)
+    finally:
+        free(handles)
 
 
 def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:

@@ -2,6 +2,9 @@
 """percpu._workloads: the nogil kernels of the four workloads.
 
 ``run_<name>(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.
+Callers go through ``percpu.workloads.run``, which validates the request once
+(strategy, thread count, every parameter present and in range, from the
+workload's registry entry); these kernels trust what they are given.
 Every kernel is specialised per strategy at compile time: the strategy is a
 fused "tag" type, and ``if Kind is Tag`` branches are resolved by Cython when
 it writes each specialisation, so the strategy's inline fast path is compiled
@@ -13,13 +16,12 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from collections.abc import Mapping
 
 from percpu.cpercpu cimport *
 from percpu._team cimport pc_kernel_fn, pc_run_team
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
-    ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
+    ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
     RacyCounter, StripedCounter, pc_approx_counter, pc_cell, pc_locked_counter,
     pc_percpu_counter, pc_perthread_counter, pc_striped_counter,
     pc_atomic_counter_add, pc_racy_counter_add, pc_cell_read, pc_locked_counter_add,
@@ -59,42 +61,6 @@ cdef inline uint32_t _pick(uint64_t r, uint32_t n) noexcept nogil:
     return <uint32_t>(((r >> 32) * <uint64_t>n) >> 32)
 
 
-cdef int _as_threads(threads) except -1:
-    if not isinstance(threads, int) or isinstance(threads, bool):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-    if threads <= 0 or threads > PC_MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
-    return threads
-
-
-cdef int64_t _as_ops(ops) except -1:
-    if not isinstance(ops, int) or isinstance(ops, bool):
-        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
-    if ops < 0 or ops > (1 << 40):
-        raise ValueError(f"ops must be in 0..2**40, not {ops}")
-    return ops
-
-
-cdef dict _params(params, dict defaults, dict minimums):
-    """Defaults filled in; unknown keys and bad values refused."""
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; "
-                         f"valid: {', '.join(defaults)}")
-    out = dict(defaults)
-    for k, v in params.items():
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"parameter {k} must be an int, not {type(v).__name__}")
-        if v < minimums.get(k, 1) or v > (1 << 40):
-            raise ValueError(f"parameter {k} must be in {minimums.get(k, 1)}..2**40, not {v}")
-        out[k] = v
-    return out
-
-
 cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
                        int64_t *done) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
@@ -131,6 +97,8 @@ cdef struct _CStriped:
     char unused
 cdef struct _CRacy:
     char unused
+cdef struct _CGeneric:  # any other counter class, through its C vtable
+    char unused
 
 ctypedef fused CounterKind:
     _CAtomic
@@ -140,6 +108,7 @@ ctypedef fused CounterKind:
     _CApprox
     _CStriped
     _CRacy
+    _CGeneric
 
 
 cdef struct StatJob:
@@ -163,8 +132,10 @@ cdef inline void _counter_add(CounterKind *tag, void *c) noexcept nogil:
         pc_approx_counter_add(<pc_approx_counter *>c, 1)
     elif CounterKind is _CStriped:
         pc_striped_counter_add(<pc_striped_counter *>c, 1)
-    else:
+    elif CounterKind is _CRacy:
         pc_racy_counter_add(<pc_cell *>c, 1)
+    else:
+        (<CounterBase>c)._add(1)
 
 
 cdef int64_t _counter_read_atomic(void *c) noexcept nogil:
@@ -194,8 +165,10 @@ cdef int64_t _counter_read(CounterKind *tag, void *c) noexcept nogil:
         return _counter_read_perthread(c)
     elif CounterKind is _CApprox:
         return _counter_read_approx(c)
-    else:
+    elif CounterKind is _CStriped:
         return _counter_read_striped(c)
+    else:
+        return (<CounterBase>c)._read()
 
 
 cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops,
@@ -232,6 +205,8 @@ cdef void _stat_striped(void *a, int tid, int64_t ops, int64_t *done) noexcept n
     _stat_loop(<_CStriped *>NULL, <StatJob *>a, tid, ops, done)
 cdef void _stat_racy(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
     _stat_loop(<_CRacy *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_generic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CGeneric *>NULL, <StatJob *>a, tid, ops, done)
 
 
 cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
@@ -256,18 +231,19 @@ cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
         p = (<PerThreadCounter?>c).c
         sizes.append(pc_round_up(sizeof(pc_perthread_counter), PC_CACHELINE)
                      + (<PerThreadCounter>c).c.capacity * PC_CACHELINE)
-    else:
+    elif strategy == "striped":
         p = (<StripedCounter?>c).c
         sizes.append(sizeof(pc_striped_counter)
                      + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
+    else:
+        # A strategy without a specialised loop: the object itself, driven
+        # through CounterBase's vtable; the objs list keeps it alive.
+        p = <void *><CounterBase?>c
+        sizes.append(type(c).__basicsize__)
     return p
 
 
-_STAT_DEFAULTS = {"counters": 64, "read_every": 1000}
-_STAT_MINIMUMS = {"counters": 1, "read_every": 0}
-
-
-def run_stat(strategy, threads, ops, params=None):
+def run_stat(str strategy, int threads, int64_t ops, dict params):
     """SNMP/MIB-style statistics: ``counters`` counters of one strategy; each
     op increments one chosen by a thread-local xorshift; every ``read_every``
     ops (0: never) a thread reads one with the strategy's exact read.
@@ -279,14 +255,10 @@ def run_stat(strategy, threads, ops, params=None):
     counter.
     """
     from percpu.counters import COUNTERS
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _params(params, _STAT_DEFAULTS, _STAT_MINIMUMS)
-    if p["counters"] > (1 << 20):
-        raise ValueError(f"parameter counters must be at most 2**20, not {p['counters']}")
-    cls = COUNTERS.get(strategy) if isinstance(strategy, str) else None
-    if cls is None:
-        raise ValueError(f"unknown counter strategy {strategy!r}; valid: {', '.join(COUNTERS)}")
+    cdef int nthreads = threads
+    cdef int64_t nops = ops
+    p = params
+    cls = COUNTERS[strategy]
     cdef pc_kernel_fn fn
     if strategy == "atomic":
         fn = _stat_atomic
@@ -300,8 +272,10 @@ def run_stat(strategy, threads, ops, params=None):
         fn = _stat_approx
     elif strategy == "striped":
         fn = _stat_striped
-    else:
+    elif strategy == "racy":
         fn = _stat_racy
+    else:
+        fn = _stat_generic
 
     cdef uint32_t n = p["counters"]
     pool = PerCPUPool() if strategy in ("percpu", "approx") else None
@@ -954,64 +928,34 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
     return res
 
 
-_NETDEV_DEFAULTS = {"unregister_every": 100000}
-_DST_DEFAULTS = {"entries": 1024, "churn_every": 10000}
-_PACKET_DEFAULTS = {"work": 50, "entries": 1024, "unregister_every": 100000,
-                    "churn_every": 10000}
-_EVERY_MINIMUMS = {"unregister_every": 0, "churn_every": 0, "work": 0}
-
-
-cdef dict _ref_params(params, dict defaults):
-    p = _params(params, defaults, _EVERY_MINIMUMS)
-    if p.get("entries", 1) > (1 << 24):
-        raise ValueError(f"parameter entries must be at most 2**24, not {p['entries']}")
-    return p
-
-
-def run_netdev(strategy, threads, ops, params=None):
+def run_netdev(str strategy, int threads, int64_t ops, dict params):
     """dev_hold/dev_put on one device per op; every ``unregister_every`` team
     ops (thread 0 acting) the device is unregistered: replaced by a new one,
     killed, and waited on until every holder has dropped it. Reports
     ``unregisters`` and ``unregister_latency_mean_us``/``_max_us`` (swap to
     release). Raises RuntimeError if any reference operation failed or any
     device was not released and freed exactly once."""
-    cdef int kind = ref_kind_of(strategy)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _NETDEV_DEFAULTS)
-    p["strategy"] = strategy
-    return _run_refs("netdev", kind, 0, nthreads, nops, p)
+    p = dict(params, strategy=strategy)
+    return _run_refs("netdev", ref_kind_of(strategy), 0, threads, ops, p)
 
 
-def run_dst(strategy, threads, ops, params=None):
+def run_dst(str strategy, int threads, int64_t ops, dict params):
     """A route cache of ``entries`` reference-counted entries; an op hashes a
     flow to an entry, holds and drops it; every ``churn_every`` team ops
     (thread 0 acting) an entry is replaced (allocated with atomic=True; on
     failure the old one stays and ``churn_failures`` counts it). Reports
     ``churns``, ``churn_failures`` and ``bytes_per_entry`` (the entry struct
     plus the private pool's reserved bytes per entry)."""
-    cdef int kind = ref_kind_of(strategy)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _DST_DEFAULTS)
-    p["strategy"] = strategy
-    return _run_refs("dst", 0, kind, nthreads, nops, p)
+    p = dict(params, strategy=strategy)
+    return _run_refs("dst", 0, ref_kind_of(strategy), threads, ops, p)
 
 
-def run_packet(strategy, threads, ops, params=None):
+def run_packet(str strategy, int threads, int64_t ops, dict params):
     """tbench-like: per op a device hold/put, a route lookup hold/put and
     ``work`` units of other work; ``strategy`` is ``NETDEV+DST``
     (e.g. ``bigref+percpu``). Reports the netdev and dst figures together."""
-    if not isinstance(strategy, str) or strategy.count("+") != 1:
-        raise ValueError(f"packet strategy must be NETDEV+DST (e.g. 'bigref+percpu'), "
-                         f"not {strategy!r}")
     dev_name, dst_name = strategy.split("+")
-    cdef int dev = ref_kind_of(dev_name)
-    cdef int dst = ref_kind_of(dst_name)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _PACKET_DEFAULTS)
-    p["strategy"] = strategy
-    res = _run_refs("packet", dev, dst, nthreads, nops, p)
+    p = dict(params, strategy=strategy)
+    res = _run_refs("packet", ref_kind_of(dev_name), ref_kind_of(dst_name), threads, ops, p)
     res["work"] = p["work"]
     return res

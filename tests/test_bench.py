@@ -203,7 +203,7 @@ BAD = [
     (["run", "--threads", "1,-2"], "not -2"),
     (["run", "--threads", "two"], "--threads must be integers"),
     (["run", "--preset", "slow"], "unknown preset 'slow'"),
-    (["run", "--param", "counters=0"], "stat.counters must be an int >= 1"),
+    (["run", "--param", "counters=0"], "stat.counters must be in 1..1048576, not 0"),
     (["run", "--param", "nothing=3"], "no selected workload has parameter 'nothing'"),
     (["run", "-o", "/nonexistent-dir/x/out.json"], "cannot write /nonexistent-dir/x/out.json"),
     (["run", "--append", "/nonexistent-dir/out.json"], "cannot write"),

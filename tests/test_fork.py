@@ -51,8 +51,14 @@ def child_checks(inherited, base):
         c = COUNTERS[name]()
         r = hammer(c, 3, 5000, mixed=True)
         assert c.value() == r["expected"], name
-    h = _alloc.get_default_pool().alloc(24)
-    _alloc.get_default_pool().free(h)
+    pool = _alloc.get_default_pool()
+    h = pool.alloc(24)
+    pool.free(h)
+    # These wait for every per-CPU cache's lock: a lock held at fork by a
+    # thread the child does not have would hang here.
+    pool.stats()
+    pool.drain()
+    assert pool.stats()["cached_objects"] == 0
     stats = _core.registry_stats()
     # Only the forking thread survives: the parent's other threads' records
     # were given back by the atfork handler.

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from percpu import REFS
 
-from .test_fuzz import ANYTHING, SETTINGS, expect
+from .fuzzing import ANYTHING, SETTINGS, expect
 
 OPS = ["get", "put", "tryget", "tryget_live", "value", "kill", "kill_and_confirm", "released",
        "is_fast", "switch_to_atomic", "switch_to_percpu", "resurrect", "reinit", "is_zero",

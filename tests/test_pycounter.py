@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 import io
 import threading
 from typing import Any, Iterator
@@ -8,7 +7,7 @@ from typing import Any, Iterator
 import pytest
 
 import percpu
-from percpu import pycounter
+from percpu import pycounter, workloads
 from percpu.counters import COUNTERS, EXACT_COUNTERS
 
 from .conftest import run_python
@@ -16,18 +15,9 @@ from .conftest import run_python
 ALWAYS_THERE = ["peer:itertools.count", "peer:lock+int"]
 
 
-def _harness() -> Any:
-    """percpu.workloads with its registry, or a visible skip while the
-    harness has not landed in this tree."""
-    try:
-        workloads = importlib.import_module("percpu.workloads")
-    except ModuleNotFoundError as exc:
-        if exc.name != "percpu.workloads":
-            raise
-        pytest.skip("percpu.workloads (the harness) is not in this tree")
-    if not hasattr(workloads, "register"):
-        pytest.skip("percpu.workloads has no register()")
-    return workloads
+def _refresh() -> None:
+    """Registers the pycounter workload again with the peers now in PEERS."""
+    workloads.register(workloads.pycounter_workload(), replace=True)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -100,7 +90,7 @@ def fake_peers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(pycounter.PEERS, lossy.name, lossy)
     yield
     monkeypatch.undo()
-    pycounter.register()
+    _refresh()
 
 
 def test_missing_peer_is_skipped_with_a_reason(fake_peers: None) -> None:
@@ -181,7 +171,7 @@ def test_fallback_without_rseq_is_exact() -> None:
     out = run_python(
         """
         import percpu
-        from percpu import pycounter
+        from percpu import pycounter, workloads
         assert percpu.features()["rseq"] is False
         for strategy in ("percpu", "approx", "perthread", "striped"):
             for inplace in (0, 1):
@@ -203,8 +193,6 @@ def test_main_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_registered_in_the_harness() -> None:
-    workloads = _harness()
-    importlib.import_module("percpu.pycounter")
     w = workloads.WORKLOADS["pycounter"]
     assert set(COUNTERS) <= set(w.strategies)
     assert set(ALWAYS_THERE) <= set(w.strategies)
@@ -216,14 +204,9 @@ def test_registered_in_the_harness() -> None:
 
 
 def test_missing_peer_shows_in_the_bench_listing(fake_peers: None) -> None:
-    _harness()
-    try:
-        from percpu.bench import _cli
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("percpu.bench"):
-            raise
-        pytest.skip("percpu.bench (the harness) is not in this tree")
-    assert pycounter.register() is True
+    from percpu.bench import _cli
+
+    _refresh()
     out = io.StringIO()
     assert _cli.list_command(out) == 0
     text = out.getvalue()

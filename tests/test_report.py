@@ -26,6 +26,7 @@ import percpu
 from percpu.report import ReportError, compute_findings, load_file, load_results, write_report
 from percpu.report import stats
 from percpu.report.plots import PLOT_SIZE_PX
+from percpu.workloads import WORKLOADS
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +147,7 @@ def make_suite(
                     "percpu_workload": workload,
                     "percpu_strategy": strategy,
                     "percpu_threads": t,
+                    "percpu_baseline": WORKLOADS[workload].baseline,
                     "percpu_params": json.dumps(PARAMS[workload]),
                     "percpu_nr_cpus": 2,
                     "percpu_features": json.dumps(FEATURES),

@@ -1,18 +1,12 @@
-from typing import Any, Mapping
+from typing import Any
 
-# Each kernel: ``ops`` operations per thread on ``threads`` native threads.
-# Results carry at least seconds, wall_ns, ops (all threads), ops_per_sec,
-# threads and kernel ("native"), plus the workload's own figures.
+# Each kernel: ``ops`` operations per thread on ``threads`` native threads,
+# with every parameter of the workload given (percpu.workloads.run validates
+# the request and fills in the defaults; these trust it). Results carry at
+# least seconds, wall_ns, ops (all threads), ops_per_sec, threads and kernel
+# ("native"), plus the workload's own figures.
 
-def run_stat(
-    strategy: str, threads: int, ops: int, params: Mapping[str, int] | None = None
-) -> dict[str, Any]: ...
-def run_netdev(
-    strategy: str, threads: int, ops: int, params: Mapping[str, int] | None = None
-) -> dict[str, Any]: ...
-def run_dst(
-    strategy: str, threads: int, ops: int, params: Mapping[str, int] | None = None
-) -> dict[str, Any]: ...
-def run_packet(
-    strategy: str, threads: int, ops: int, params: Mapping[str, int] | None = None
-) -> dict[str, Any]: ...
+def run_stat(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]: ...
+def run_netdev(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]: ...
+def run_dst(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]: ...
+def run_packet(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]: ...

@@ -14,8 +14,7 @@ it), the time is taken from the release of a ``threading.Barrier`` to the
 last thread's finish, and the final count is checked against ``P * K``: lost
 updates are reported (``lost_updates``, ``exact``), not hidden.
 
-Importing this module registers the workload into
-``percpu.workloads.WORKLOADS`` when the harness is there, so that
+``percpu.workloads`` registers it as the workload ``pycounter``, so that
 ``python -m percpu.bench run --workloads pycounter`` runs it.
 """
 from __future__ import annotations
@@ -27,9 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from percpu._core import MAX_THREADS
 from percpu.counters import COUNTERS
 
 __all__ = [
+    "BASELINE",
+    "DESCRIPTION",
     "PEERS",
     "PEER_PREFIX",
     "WORKLOAD",
@@ -38,16 +40,20 @@ __all__ = [
     "kernel",
     "main",
     "peer_status",
-    "register",
     "run",
     "strategies",
     "unavailable_strategies",
 ]
 
 WORKLOAD = "pycounter"
+DESCRIPTION = (
+    "P Python threads doing K increments each through the public Python "
+    "API on one shared counter (inplace=1: c += 1), percpu's counters and "
+    "the peers that are installed"
+)
+#: What speedups are measured against: the standard library's counter.
+BASELINE = "peer:itertools.count"
 PEER_PREFIX = "peer:"
-#: As many threads as the thread registry of percpu holds.
-MAX_THREADS = 1024
 
 Loop = Callable[[Any, int], None]
 
@@ -236,7 +242,7 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
     Raises ``TypeError`` for a threads or ops that is not an int,
     ``ValueError`` for an unknown or unavailable strategy, ``threads``
-    outside 1..1024 or ``ops < 0``.
+    outside 1..MAX_THREADS or ``ops < 0``.
     """
     if not _is_int(threads):
         raise TypeError(f"threads must be an int, not {type(threads).__name__}")
@@ -248,7 +254,12 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
         raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
     if ops < 0:
         raise ValueError(f"ops must be >= 0, not {ops}")
-    counter, loop, read, idiom = _prepare(strategy, bool(inplace))
+    return _run(strategy, threads, ops, bool(inplace))
+
+
+def _run(strategy: str, threads: int, ops: int, inplace: bool) -> dict[str, Any]:
+    # The checked request of run() or of percpu.workloads.run().
+    counter, loop, read, idiom = _prepare(strategy, inplace)
 
     started: list[float] = []
     ends = [0.0] * threads
@@ -297,43 +308,10 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
 def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int]) -> dict[str, Any]:
     """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``)."""
-    result = run(strategy, threads, ops, inplace=bool(params.get("inplace", 0)))
+    result = _run(strategy, threads, ops, bool(params["inplace"]))
     result.pop("strategy")
     result["kernel"] = "python"
     return result
-
-
-def register() -> bool:
-    """Register (or refresh) the ``pycounter`` workload in
-    ``percpu.workloads.WORKLOADS``; False when the harness is not there."""
-    try:
-        workloads = importlib.import_module("percpu.workloads")
-    except ModuleNotFoundError as exc:
-        if exc.name != "percpu.workloads":
-            raise
-        return False
-    workload_cls = getattr(workloads, "Workload", None)
-    add = getattr(workloads, "register", None)
-    if workload_cls is None or add is None:
-        # percpu.workloads is still being imported and has not defined its
-        # registry yet; it imports this module again once it has.
-        return False
-    add(
-        workload_cls(
-            WORKLOAD,
-            "P Python threads doing K increments each through the public Python "
-            "API on one shared counter (inplace=1: c += 1), percpu's counters and "
-            "the peers that are installed",
-            available_strategies(),
-            {"inplace": 0},
-            minimums={"inplace": 0},
-            unavailable=unavailable_strategies(),
-            kernel=kernel,
-            baseline="peer:itertools.count",
-        ),
-        replace=True,
-    )
-    return True
 
 
 def _table(threads: list[int], ops: int, repeat: int) -> list[tuple[str, str, int, float, int]]:
@@ -371,8 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{strategy:24} {idiom:24} {n:>7} {ns:>8.1f} {lost:>6}")
     return 0
 
-
-register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,31 +13,38 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from percpu import pycounter
+from percpu._core import MAX_THREADS
+from percpu.counters import COUNTERS
+from percpu.refs import REFS
+
 __all__ = [
     "COUNTER_STRATEGIES",
+    "MAX_OPS",
     "MAX_THREADS",
     "PACKET_STRATEGIES",
     "REF_STRATEGIES",
     "WORKLOADS",
     "Kernel",
     "Workload",
+    "pycounter_workload",
+    "check_threads",
     "register",
     "run",
 ]
 
-#: Counter strategies, as in ``percpu.COUNTERS``.
-COUNTER_STRATEGIES: tuple[str, ...] = (
-    "atomic", "locked", "percpu", "perthread", "approx", "striped", "racy",
-)
-#: Reference-count strategies, as in ``percpu.REFS``.
-REF_STRATEGIES: tuple[str, ...] = ("atomic", "bigref", "percpu")
+#: Counter strategies: the names of ``percpu.COUNTERS``.
+COUNTER_STRATEGIES: tuple[str, ...] = tuple(COUNTERS)
+#: Reference-count strategies: the names of ``percpu.REFS``.
+REF_STRATEGIES: tuple[str, ...] = tuple(REFS)
 #: ``NETDEV+DST``: the strategy of the device reference, then of the route's.
 PACKET_STRATEGIES: tuple[str, ...] = tuple(
     f"{dev}+{dst}" for dev in REF_STRATEGIES for dst in REF_STRATEGIES
 )
 
-#: The thread registry has this many records; a team may not outgrow it.
-MAX_THREADS = 1024
+#: The largest ``ops`` per thread a run accepts, and the largest value of any
+#: parameter unless the workload lowers it.
+MAX_OPS = 1 << 40
 
 #: ``kernel(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.
 Kernel = Callable[[str, int, int, dict[str, int]], Mapping[str, Any]]
@@ -63,7 +70,8 @@ class Workload:
     """A workload: its strategies and its integer parameters with defaults.
 
     ``minimums`` bounds each parameter from below (1 when not listed; 0 means
-    "never" for the ``*_every`` ones). ``unavailable`` names strategies that
+    "never" for the ``*_every`` ones), ``maximums`` from above (``MAX_OPS``
+    when not listed). ``unavailable`` names strategies that
     exist but cannot run here, with the reason (``"not installed"``), so that
     listings can say why they were skipped. ``kernel`` is a Python-level
     kernel; left ``None``, ``percpu._workloads.run_<name>`` is used.
@@ -75,6 +83,7 @@ class Workload:
     strategies: tuple[str, ...]
     params: Mapping[str, int]
     minimums: Mapping[str, int] = field(default_factory=dict)
+    maximums: Mapping[str, int] = field(default_factory=dict)
     unavailable: Mapping[str, str] = field(default_factory=dict)
     kernel: Kernel | None = None
     baseline: str = "atomic"
@@ -93,21 +102,56 @@ class Workload:
         for key, value in self.params.items():
             if not _is_int(value):
                 raise ValueError(f"default of {self.name}.{key} must be an int, not {value!r}")
-        for key in self.minimums:
+        for key in (*self.minimums, *self.maximums):
             if key not in self.params:
-                raise ValueError(f"minimum given for unknown parameter {self.name}.{key}")
+                raise ValueError(f"bound given for unknown parameter {self.name}.{key}")
         # Frozen means frozen: callers must not be able to edit the defaults
         # of a registered workload behind the registry's back.
         object.__setattr__(self, "strategies", strategies)
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         object.__setattr__(self, "minimums", MappingProxyType(dict(self.minimums)))
+        object.__setattr__(self, "maximums", MappingProxyType(dict(self.maximums)))
         object.__setattr__(self, "unavailable", MappingProxyType(dict(self.unavailable)))
 
     def minimum(self, param: str) -> int:
         """Smallest valid value of ``param``."""
         return self.minimums.get(param, 1)
 
+    def maximum(self, param: str) -> int:
+        """Largest valid value of ``param``."""
+        return self.maximums.get(param, MAX_OPS)
 
+    def check_param(self, key: str, value: object) -> int:
+        """``value`` as parameter ``key`` of this workload, or ``ValueError``
+        (unknown name, out of range) / ``TypeError`` (not an int)."""
+        if key not in self.params:
+            valid = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "none"
+            raise ValueError(
+                f"unknown parameter(s) {key} for workload {self.name!r}; "
+                f"valid (with defaults): {valid}"
+            )
+        low, high = self.minimum(key), self.maximum(key)
+        if not _is_int(value):
+            raise TypeError(
+                f"parameter {self.name}.{key} must be an int, not {type(value).__name__}"
+            )
+        assert isinstance(value, int)
+        if not low <= value <= high:
+            raise ValueError(f"parameter {self.name}.{key} must be in {low}..{high}, not {value!r}")
+        return value
+
+
+def check_threads(threads: object) -> int:
+    """``threads`` as a team size, or ``TypeError``/``ValueError``."""
+    if not _is_int(threads):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    assert isinstance(threads, int)
+    if not 0 < threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
+    return threads
+
+
+#: Every registered workload by name (``register`` adds one).
 WORKLOADS: dict[str, Workload] = {}
 
 
@@ -128,6 +172,7 @@ register(Workload(
     COUNTER_STRATEGIES,
     {"counters": 64, "read_every": 1000},
     minimums={"read_every": 0},
+    maximums={"counters": 1 << 20},
 ))
 register(Workload(
     "netdev",
@@ -144,6 +189,7 @@ register(Workload(
     REF_STRATEGIES,
     {"entries": 1024, "churn_every": 10000},
     minimums={"churn_every": 0},
+    maximums={"entries": 1 << 24},
 ))
 register(Workload(
     "packet",
@@ -152,14 +198,34 @@ register(Workload(
     PACKET_STRATEGIES,
     {"work": 50, "entries": 1024, "unregister_every": 100000, "churn_every": 10000},
     minimums={"work": 0, "unregister_every": 0, "churn_every": 0},
+    maximums={"entries": 1 << 24},
     baseline="atomic+atomic",
 ))
 
 
+def pycounter_workload() -> Workload:
+    """The ``pycounter`` workload (percpu.pycounter), with the peers that can
+    run here now; ``register(pycounter_workload(), replace=True)`` refreshes
+    it after peers were installed or removed."""
+    return Workload(
+        pycounter.WORKLOAD,
+        pycounter.DESCRIPTION,
+        pycounter.available_strategies(),
+        {"inplace": 0},
+        minimums={"inplace": 0},
+        maximums={"inplace": 1},
+        unavailable=pycounter.unavailable_strategies(),
+        kernel=pycounter.kernel,
+        baseline=pycounter.BASELINE,
+    )
+
+
+register(pycounter_workload())
+
+
 def _check(workload_name: object, strategy: object, threads: object, ops: object,
            params: Mapping[str, object]) -> tuple[Workload, dict[str, int]]:
-    if not _is_int(threads):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    check_threads(threads)
     if not _is_int(ops):
         raise TypeError(f"ops must be an int, not {type(ops).__name__}")
     workload = WORKLOADS.get(workload_name) if isinstance(workload_name, str) else None
@@ -177,26 +243,14 @@ def _check(workload_name: object, strategy: object, threads: object, ops: object
             f"unknown strategy {strategy!r} for workload {workload.name!r}; "
             f"valid: {_listing(workload.strategies)}"
         )
-    assert isinstance(threads, int) and isinstance(ops, int)
-    if not 0 < threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
-    unknown = sorted(set(params) - set(workload.params))
-    if unknown:
-        valid = ", ".join(f"{k}={v}" for k, v in workload.params.items()) or "none"
-        raise ValueError(
-            f"unknown parameter(s) {_listing(unknown)} for workload {workload.name!r}; "
-            f"valid (with defaults): {valid}"
-        )
+    assert isinstance(ops, int)
+    if not 0 <= ops <= MAX_OPS:
+        raise ValueError(f"ops must be in 0..2**40, not {ops}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
     merged = dict(workload.params)
-    for key, value in params.items():
-        low = workload.minimum(key)
-        if not _is_int(value) or value < low:  # type: ignore[operator]
-            raise ValueError(
-                f"parameter {workload.name}.{key} must be an int >= {low}, not {value!r}"
-            )
-        merged[key] = int(value)  # type: ignore[call-overload]
+    for key in sorted(params):
+        merged[key] = workload.check_param(key, params[key])
     return workload, merged
 
 
@@ -258,8 +312,3 @@ def run(name: str, strategy: str, threads: int, ops: int, **params: int) -> dict
         params=merged,
     )
     return result
-
-
-# Workloads that live in their own modules register themselves on import
-# (through register() above, which must exist first).
-from percpu import pycounter as _pycounter  # noqa: E402,F401

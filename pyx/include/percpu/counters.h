@@ -224,23 +224,17 @@ static inline int64_t pc_striped_counter_read(pc_striped_counter *c) {
 /* The mutex counters' locks are tracked for fork (see pc_fork_node). */
 static int pc_locked_counter_init(pc_locked_counter *c, pc_registry *reg) {
     c->value = 0;
-    if (pthread_mutex_init(&c->lock, NULL)) return -1;
-    pc_fork_track(reg, &c->fork, &c->lock, NULL);
-    return 0;
+    return pc_tracked_mutex_init(reg, &c->fork, &c->lock);
 }
 static void pc_locked_counter_fini(pc_locked_counter *c, pc_registry *reg) {
-    pc_fork_untrack(reg, &c->fork);
-    pthread_mutex_destroy(&c->lock);
+    pc_tracked_mutex_fini(reg, &c->fork, &c->lock);
 }
 static int pc_approx_counter_init(pc_approx_counter *c, pc_registry *reg) {
     c->count = 0;
-    if (pthread_mutex_init(&c->lock, NULL)) return -1;
-    pc_fork_track(reg, &c->fork, &c->lock, NULL);
-    return 0;
+    return pc_tracked_mutex_init(reg, &c->fork, &c->lock);
 }
 static void pc_approx_counter_fini(pc_approx_counter *c, pc_registry *reg) {
-    pc_fork_untrack(reg, &c->fork);
-    pthread_mutex_destroy(&c->lock);
+    pc_tracked_mutex_fini(reg, &c->fork, &c->lock);
 }
 
 #endif /* PERCPU_COUNTERS_H */

@@ -123,6 +123,18 @@ static void pc_fork_untrack(pc_registry *reg, pc_fork_node *n) {
     pthread_mutex_unlock(&reg->fork_lock);
 }
 
+/* A mutex of a live object, created and tracked for fork; 0 or -1. */
+static int pc_tracked_mutex_init(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *m) {
+    if (pthread_mutex_init(m, NULL)) return -1;
+    pc_fork_track(reg, n, m, NULL);
+    return 0;
+}
+
+static void pc_tracked_mutex_fini(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *m) {
+    pc_fork_untrack(reg, n);
+    pthread_mutex_destroy(m);
+}
+
 static PC_TLS pc_tls_cache pc_tls_rec;
 
 /* The key's value after the thread's record was handed back (its destructor

@@ -9,6 +9,9 @@
 #ifndef PERCPU_REGISTRY_INIT_H
 #define PERCPU_REGISTRY_INIT_H
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 #include "percpu/registry.h"
 
 static pc_registry *pc_the_registry;
@@ -110,4 +113,5 @@ static int pc_registry_create(void) {
     return 0;
 }
 
+#pragma GCC diagnostic pop
 #endif /* PERCPU_REGISTRY_INIT_H */

@@ -5,6 +5,9 @@
 #ifndef PERCPU_TEAM_H
 #define PERCPU_TEAM_H
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 #include "percpu/base.h"
 #include "percpu/atomic.h"
 
@@ -115,4 +118,5 @@ static int pc_team_run(pc_team *t) {
     return err;
 }
 
+#pragma GCC diagnostic pop
 #endif /* PERCPU_TEAM_H */

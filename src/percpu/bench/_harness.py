@@ -97,8 +97,10 @@ def plan(
     if not given:
         raise UsageError("no thread counts given")
     for n in given:
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= workloads.MAX_THREADS:
-            raise UsageError(f"thread counts must be in 1..{workloads.MAX_THREADS}, not {n!r}")
+        try:
+            workloads.check_threads(n)
+        except (TypeError, ValueError):
+            raise UsageError(f"thread counts must be in 1..{workloads.MAX_THREADS}, not {n!r}") from None
     counts = sorted(set(given))
 
     wanted = _split(strategies)
@@ -133,10 +135,10 @@ def _params_per_workload(selected: Sequence[workloads.Workload],
         if not hits:
             raise UsageError(f"no selected workload has parameter {key!r}")
         for w in hits:
-            low = w.minimum(pname)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise UsageError(f"parameter {w.name}.{pname} must be an int >= {low}, not {value!r}")
-            out[w.name][pname] = value
+            try:
+                out[w.name][pname] = w.check_param(pname, value)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
     return out
 
 
@@ -146,6 +148,7 @@ def point_metadata(point: Point) -> dict[str, Any]:
         "percpu_workload": point.workload,
         "percpu_strategy": point.strategy,
         "percpu_threads": point.threads,
+        "percpu_baseline": workloads.WORKLOADS[point.workload].baseline,
         "percpu_params": json.dumps(dict(point.params), sort_keys=True, separators=(",", ":")),
         "percpu_nr_cpus": percpu.nr_cpus(),
         "percpu_features": json.dumps(percpu.features(), sort_keys=True, separators=(",", ":")),

@@ -97,7 +97,7 @@ def _exact_cell(p: Point) -> str:
 
 
 def _points_table(file: ResultFile, workload: str) -> Table:
-    baseline = baseline_for(workload)
+    baseline = baseline_for([file], workload)
     points = file.of(workload)
     with_exact = any(p.exact is not None for p in points)
     headers = ["strategy", "threads", "time per op per thread", "throughput", f"speedup vs {baseline}", "vs baseline"]
@@ -280,7 +280,7 @@ def build_document(files: Sequence[ResultFile], folder: Path, title: str) -> lis
             blocks.append(Figure(name, f"{workload}: throughput vs threads, {what}"))
         name = f"speedup_{_safe(workload)}.png"
         if plots.plot_speedup(files, workload, colors, folder / name):
-            blocks.append(Figure(name, f"{workload}: speedup over {baseline_for(workload)}"))
+            blocks.append(Figure(name, f"{workload}: speedup over {baseline_for(files, workload)}"))
         for f in files:
             if f.of(workload):
                 if len(files) > 1:

@@ -66,7 +66,7 @@ def fastest(file: ResultFile, workload: str) -> str | None:
 
 
 def percpu_over_baseline(file: ResultFile, workload: str) -> str | None:
-    baseline = baseline_for(workload)
+    baseline = baseline_for([file], workload)
     candidate = PERCPU_STRATEGY.get(workload, "percpu")
     pairs = []
     for threads in sorted({p.threads for p in file.of(workload)}):

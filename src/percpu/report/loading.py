@@ -15,15 +15,6 @@ from typing import Any
 
 from percpu.report import stats
 
-#: The reference every speedup is measured against, per workload.
-BASELINES: Mapping[str, str] = {"packet": "atomic+atomic"}
-DEFAULT_BASELINE = "atomic"
-
-
-def baseline_for(workload: str) -> str:
-    return BASELINES.get(workload, DEFAULT_BASELINE)
-
-
 class ReportError(Exception):
     """An input the report cannot use; ``str()`` is one line naming the file."""
 
@@ -114,6 +105,14 @@ class ResultFile:
     def of(self, workload: str) -> list[Point]:
         return [p for p in self.points if p.workload == workload]
 
+    def baseline(self, workload: str) -> str | None:
+        """The strategy this file's ``workload`` points are measured against:
+        the workload's baseline, which percpu.bench records in every point
+        (``percpu_baseline``); load_file() checks that the points agree."""
+        for p in self.of(workload):
+            return str(p.metadata["percpu_baseline"])
+        return None
+
     def get(self, workload: str, strategy: str, threads: int) -> Point | None:
         for p in self.points:
             if (p.workload, p.strategy, p.threads) == (workload, strategy, threads):
@@ -147,7 +146,8 @@ def order_strategies(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=strategy_rank)
 
 
-_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int}
+_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int,
+             "percpu_baseline": str}
 
 #: How a workload figure that differs between pyperf runs (one per worker
 #: process) becomes one figure for the point; anything else is averaged.
@@ -246,6 +246,10 @@ def load_file(path: str | Path, label: str | None = None) -> ResultFile:
         if key in seen:
             raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
         seen[key] = point.name
+        other = result.baseline(point.workload)
+        if other is not None and other != point.metadata["percpu_baseline"]:
+            raise ReportError(path, f"workload {point.workload!r} has points measured against "
+                              f"{other!r} and against {point.metadata['percpu_baseline']!r}")
         result.points.append(point)
     # The machine and the run are the same for every point of a file; where a
     # field does drift (pyperf's date, load average) the first point stands for all.
@@ -285,4 +289,21 @@ def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     names = list(labels) if labels is not None else unique_labels(as_paths)
     if len(set(names)) != len(names):
         raise ReportError("-", "labels must be unique")
-    return [load_file(p, name) for p, name in zip(as_paths, names)]
+    files = [load_file(p, name) for p, name in zip(as_paths, names)]
+    for workload in {w for f in files for w in f.workloads()}:
+        recorded = {(f.baseline(workload), f.path) for f in files if f.of(workload)}
+        if len({b for b, _ in recorded}) > 1:
+            detail = ", ".join(f"{path.name}: {b}" for b, path in sorted(recorded, key=str))
+            raise ReportError("-", f"the files measure {workload!r} against different "
+                              f"baselines ({detail}): results of different percpu versions?")
+    return files
+
+
+def baseline_for(files: Sequence[ResultFile], workload: str) -> str:
+    """The baseline of ``workload`` in ``files`` (load_results() made sure
+    that they agree)."""
+    for f in files:
+        b = f.baseline(workload)
+        if b is not None:
+            return b
+    raise KeyError(workload)

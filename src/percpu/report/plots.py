@@ -155,7 +155,7 @@ def speedup(point: Point, base: Point) -> tuple[float, float]:
 
 
 def plot_speedup(files: Sequence[ResultFile], workload: str, colors: StrategyColors, path: Path) -> bool:
-    baseline = baseline_for(workload)
+    baseline = baseline_for(files, workload)
     fig, ax = _figure()
     plotted: list[float] = [1.0]
     threads: list[int] = []
