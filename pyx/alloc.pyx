@@ -3,7 +3,8 @@
 baseline (NaivePool).
 
 PerCPUPool follows "mm: Reimplementation of dynamic per-cpu allocator" (2005):
-memory comes in blocks of ``unit_size * nr_cpus`` bytes; an object is an offset
+memory comes in blocks of ``unit_size * nr_cpus`` bytes (plus one unit for the
+shared slots, see _alloc.pxd); an object is an offset
 inside a unit, and CPU ``c``'s copy lives at ``base + c * unit_size + offset``,
 so per_cpu_ptr is one add and there is no pointer array. Objects are packed
 inside a unit at 8-byte granules (no cache-line padding per object: the units
@@ -137,9 +138,16 @@ cdef void _pool_destroy(pc_pool *p) noexcept nogil:
     pthread_mutex_destroy(&p.lock)
 
 
+cdef inline size_t _block_bytes(pc_pool *p) noexcept nogil:
+    # A unit per possible CPU, and one for the shared slots. Only the units
+    # of the ids that run are ever touched (_zero_copies).
+    return p.unit_size * (<size_t>p.nr_cpus + 1)
+
+
 cdef int _block_new(pc_pool *p, pc_block *blk) noexcept nogil:
-    """Creates a block (outside the lock: this is the slow part of growth)."""
-    cdef size_t nbytes = p.unit_size * <size_t>p.nr_cpus
+    """Creates a block (outside the lock: this is the slow part of growth).
+    Its memory is zero: _zero_copies relies on it."""
+    cdef size_t nbytes = _block_bytes(p)
     cdef void *mem = NULL
     # Every unit starts at a multiple of unit_size from an address aligned to
     # unit_size, so any alignment up to unit_size holds on every CPU's copy.
@@ -170,7 +178,7 @@ cdef int _block_new(pc_pool *p, pc_block *blk) noexcept nogil:
 
 cdef void _block_drop(pc_pool *p, pc_block *blk) noexcept nogil:
     if p.mapped:
-        pc_unmap(blk.base, p.unit_size * <size_t>p.nr_cpus)
+        pc_unmap(blk.base, _block_bytes(p))
     else:
         free(blk.base)
     free(blk.used)
@@ -288,14 +296,44 @@ cdef void _give_back(pc_pool *p, int64_t pos) noexcept nogil:
 
 
 cdef inline void _zero_copies(pc_pool *p, int64_t pos, size_t nbytes) noexcept nogil:
-    """Zeroes the copies of a new object (nbytes at pos): the one place that
-    decides which copies that touches. Every CPU's, here. The previous
-    owner's writes happened before its free, which the pool's lock or a
-    cache's lock ordered before our take."""
+    """Zeroes the copies of a new object (nbytes at pos) that may have been
+    written before: the slots below the process's slot bound, the copies the
+    pool handed out by index (pcpool_claim), the shared slot once shared
+    slots are in use. Every other copy was never written since the block was
+    mapped, so it is still zero; leaving it alone is what keeps the memory of
+    CPUs that never run untouched.
+
+    Why the loads see every earlier write: a write to copy k of this space
+    (by any earlier owner) happened after its writer saw bound > k or
+    claimed > k (an acquire load of the value a raise released, or its own
+    raise); the write happened before that owner's free (the object's
+    contract), which the pool's lock or a cache's lock ordered before our
+    take. So the raise happens before these acquire loads, and they read it
+    or a larger value: neither ever shrinks."""
+    cdef pc_proc *proc = &_registry.proc
     cdef char *first = pcpool_ptr(p, pos, 0)
-    cdef size_t c
-    for c in range(<size_t>p.nr_cpus):
-        memset(first + c * p.unit_size, 0, nbytes)
+    cdef int32_t rows = pc_slots_in_use(proc)
+    cdef int32_t claimed = pc_load_i32(&p.claimed, PC_ACQUIRE)
+    cdef int32_t c
+    if claimed > rows:
+        rows = claimed
+    if rows > p.nr_cpus:
+        rows = p.nr_cpus
+    for c in range(rows):
+        memset(first + <size_t>c * p.unit_size, 0, nbytes)
+    if pc_load_i32(&proc.shared_used, PC_ACQUIRE):
+        memset(first + <size_t>p.nr_cpus * p.unit_size, 0, nbytes)
+
+
+cdef void pcpool_claim(pc_pool *p, int ncpus) noexcept nogil:
+    cdef int32_t old = pc_load_i32(&p.claimed, PC_RELAXED)
+    if ncpus > p.nr_cpus:
+        ncpus = p.nr_cpus
+    # Release, paired with _zero_copies' acquire: the claim happens before
+    # any write through the copies it hands out, so an allocation that those
+    # writes happen before sees it.
+    while old < ncpus and not pc_cas_i32(&p.claimed, &old, ncpus, PC_RELEASE, PC_RELAXED):
+        pass
 
 
 cdef inline int64_t _handout(pc_pool *p, int64_t pos, size_t n, size_t tail) noexcept nogil:
@@ -856,6 +894,26 @@ cdef int64_t _live_size(int64_t size, object handle) except -1:
     return size
 
 
+cdef pc_pool *_pool_create(size_t unit) except NULL:
+    """A new pool of ``unit`` bytes per CPU per block, its atomic reserve filled."""
+    cdef pc_pool *p = <pc_pool *>malloc(sizeof(pc_pool))
+    cdef int rc
+    if p == NULL:
+        raise MemoryError()
+    memset(p, 0, sizeof(pc_pool))
+    if _pool_init(p, unit) != 0:
+        free(p)
+        raise MemoryError()
+    # Atomic allocations may come first: have the reserve ready.
+    with nogil:
+        rc = pcpool_refill(p)
+    if rc != 0:
+        _pool_destroy(p)
+        free(p)
+        raise MemoryError("cannot fill the atomic reserve")
+    return p
+
+
 cdef class PerCPUPool:
     """The compact per-CPU allocator.
 
@@ -868,25 +926,34 @@ cdef class PerCPUPool:
     (``stats()`` says what the caches hold; ``drain()`` empties them).
     """
 
-    def __cinit__(self, unit_size=None):
-        cdef size_t unit
-        if unit_size is None:
-            unit = DEFAULT_UNIT_SIZE
-        else:
+    def __cinit__(self, *args, **kwargs):
+        # The arguments are __init__'s (a subclass's own included): whatever
+        # they are, the object is a working pool of the default geometry
+        # from here on, and __init__ may then change the geometry.
+        self.c = _pool_create(DEFAULT_UNIT_SIZE)
+
+    def __init__(self, unit_size=None):
+        cdef size_t unit = DEFAULT_UNIT_SIZE
+        cdef pc_pool *old
+        if unit_size is not None:
             unit = _as_size(unit_size, "unit_size", MAX_UNIT)
             if unit & (unit - 1) or unit < <size_t>PC_CACHELINE:
                 raise ValueError(
                     f"unit_size must be a power of two >= {PC_CACHELINE}, not {unit}")
-        self.c = <pc_pool *>malloc(sizeof(pc_pool))
-        if self.c == NULL:
-            raise MemoryError()
-        memset(self.c, 0, sizeof(pc_pool))
-        if _pool_init(self.c, unit) != 0:
-            free(self.c)
-            self.c = NULL
-            raise MemoryError()
-        # Atomic allocations may come first: have the reserve ready.
-        self.refill()
+        if self._configured:
+            raise RuntimeError(f"{type(self).__name__}.__init__() was already called: "
+                               "a pool is configured once")
+        if unit != self.c.unit_size:
+            # Handles and slot pointers depend on the geometry: only a pool
+            # that never handed anything out may change it.
+            if self.c.allocs != 0:
+                raise RuntimeError("cannot change the unit_size of a pool that has "
+                                   "already allocated")
+            old = self.c
+            self.c = _pool_create(unit)
+            _pool_destroy(old)
+            free(old)
+        self._configured = True
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -930,23 +997,29 @@ cdef class PerCPUPool:
         return _live_size(pcpool_object_size(self.c, _as_handle(handle)), handle)
 
     def address(self, handle, cpu) -> int:
-        """Address of CPU ``cpu``'s copy (per_cpu_ptr)."""
+        """Address of CPU ``cpu``'s copy (per_cpu_ptr). From then on, new
+        objects of this pool are zeroed in that CPU's copy (and those below
+        it) too, as whoever holds the address may write there."""
         cdef int64_t h = _as_handle(handle)
         cdef int c = _as_cpu(cpu, self.c.nr_cpus)
         _live_size(pcpool_object_size(self.c, h), handle)
+        pcpool_claim(self.c, c + 1)
         return <uintptr_t>pcpool_ptr(self.c, h, c)
 
     def view(self, handle):
         """A live uint8 view, shape ``(nr_cpus, size)``, of every CPU's copy.
 
         The view keeps the pool alive; after ``free`` it still points at the
-        (possibly reused) space.
+        (possibly reused) space. A writable view of every CPU's copy makes
+        the pool zero every CPU's copy of its new objects from then on (the
+        memory of CPUs that never run is then touched on allocation).
         """
         cdef int64_t h = _as_handle(handle)
         cdef int64_t size = _live_size(pcpool_object_size(self.c, h), handle)
         cdef cnp.npy_intp dims[2]
         cdef cnp.npy_intp strides[2]
         cdef cnp.ndarray arr
+        pcpool_claim(self.c, self.c.nr_cpus)
         dims[0] = self.c.nr_cpus
         dims[1] = size
         strides[0] = <cnp.npy_intp>self.c.unit_size
@@ -987,7 +1060,12 @@ cdef class PerCPUPool:
         (not in ``objects``) but not yet in ``bytes_free``, the space any
         allocation can take. ``bytes_reserved`` (the blocks' memory) is
         ``bytes_used + bytes_cached + bytes_free``; ``metadata_bytes`` is the
-        bitmaps, block table and caches.
+        bitmaps, block table and caches. Byte figures are address space: the
+        copies of CPUs that never run are never touched, and each block's
+        unit of shared slots (not counted) only by threads without an rseq
+        id. ``copies_zeroed`` is how many copies of each new object
+        allocation zeroes now (the slots in use, or more once ``view()`` or
+        ``address()`` handed copies out).
 
         The figures are exact whenever no allocation or free runs at the
         same time; while some run, the pool's and each cache's figures are
@@ -1018,6 +1096,8 @@ cdef class PerCPUPool:
             "bytes_cached": cached.granules * GRANULE * n,
             "bytes_free": p.free_granules * GRANULE * n,
             "reserve_bytes": p.reserve_granules * GRANULE * n,
+            "copies_zeroed": min(max(pc_slots_in_use(&_registry.proc), p.claimed), p.nr_cpus)
+                             + (1 if _registry.proc.shared_used else 0),
             "metadata_bytes": <int64_t>sizeof(pc_pool) + p.cap * <int64_t>sizeof(pc_block)
                               + p.nblocks * <int64_t>(MAPS * p.map_words * sizeof(uint64_t))
                               + (p.nblocks * <int64_t>(p.granules * sizeof(int32_t))
@@ -1040,7 +1120,8 @@ cdef class NaivePool:
     one cache-line-aligned allocation per CPU plus an array of their pointers.
     Objects and alignments up to ``NAIVE_MAX_SIZE`` bytes."""
 
-    def __cinit__(self):
+    def __cinit__(self, *args, **kwargs):
+        # The arguments are __init__'s (a subclass's own included).
         self.c = <pc_naive *>malloc(sizeof(pc_naive))
         if self.c == NULL:
             raise MemoryError()
@@ -1049,6 +1130,9 @@ cdef class NaivePool:
             free(self.c)
             self.c = NULL
             raise MemoryError()
+
+    def __init__(self):
+        pass
 
     def __dealloc__(self):
         if self.c != NULL:

@@ -31,20 +31,31 @@ def current_cpu() -> int:
 
 
 def features() -> dict:
-    """What the fast paths use on this machine.
+    """What the fast paths use on this machine, decided once per process.
 
     ``rseq``: per-CPU adds run as rseq critical sections; ``membarrier``: the
     expedited membarrier flavour registered (``"rseq"``, ``"expedited"`` or
-    ``None``); ``cacheline``: padding unit in bytes; ``nr_cpus``: slot count;
-    ``cpu_source``: where cpu ids come from (``rseq``, ``getcpu``, ``thread``).
+    ``None``); ``cacheline``: padding unit in bytes; ``nr_cpus``: slot count
+    (the possible CPUs); ``cpu_source``: what indexes the slots (``mm_cid``,
+    ``rseq``, ``getcpu``, ``thread``); ``mm_cid``: the kernel offers mm_cid
+    (used unless ``PERCPU_NO_MM_CID=1`` or rseq is off); ``possible_cpus``,
+    ``online_cpus``, ``allowed_cpus`` (this thread's affinity mask);
+    ``slots_in_use``: the slot bound, how many slots of each object can hold
+    anything and are read by sums and zeroed by allocation.
     """
     cdef int mb = pc_the_registry.membarrier
+    cdef pc_proc *proc = &pc_the_registry.proc
     return {
-        "rseq": bool(pc_rseq_live()),
+        "rseq": bool(proc.sections),
         "membarrier": {PC_MB_EXPEDITED_RSEQ: "rseq", PC_MB_EXPEDITED: "expedited"}.get(mb),
         "cacheline": PC_CACHELINE,
-        "nr_cpus": pc_nr_cpus(),
+        "nr_cpus": proc.nr_cpus,
         "cpu_source": pc_cpu_source_name().decode(),
+        "mm_cid": bool(proc.mm_cid_seen),
+        "possible_cpus": proc.nr_cpus,
+        "online_cpus": pc_online_cpus(),
+        "allowed_cpus": pc_allowed_cpus(),
+        "slots_in_use": pc_slots_in_use(proc),
     }
 
 

@@ -18,7 +18,8 @@ from libc.string cimport memset
 from percpu.cpercpu cimport *
 from percpu._team cimport pc_kernel_fn, pc_run_team
 from percpu._alloc cimport (GRANULE, NaivePool, PerCPUPool, pc_naive, pc_pool, naive_alloc, naive_free,
-                            naive_ptr, pcpool_alloc, pcpool_free, pcpool_ptr, pcpool_stride)
+                            naive_ptr, pcpool_alloc, pcpool_claim, pcpool_free, pcpool_ptr,
+                            pcpool_stride)
 from percpu._counters cimport (
     ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
     RacyCounter, StripedCounter, pc_perthread_counter, pc_perthread_counter_add)
@@ -32,6 +33,9 @@ cdef extern from "percpu/lab.h" nogil:
         int mixed
         void *c
     void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
+
+# Adopts the process's cpu-id choice: the raw per-CPU API below needs it.
+cdef pc_registry *_registry = pc_registry_import()
 
 
 cdef void _call_noexcept(object fn) noexcept:
@@ -308,6 +312,10 @@ cdef dict _pool_team(object pool, int threads, long long ops, size_t size, pc_ke
     if isinstance(pool, PerCPUPool):
         arg.pool = (<PerCPUPool>pool).c
         arg.nr_cpus = arg.pool.nr_cpus
+        if fn == _pool_stress_kernel:
+            # It writes every CPU's copy by index: new objects must be
+            # zeroed in all of them (the fast paths stay below the bound).
+            pcpool_claim(arg.pool, arg.nr_cpus)
         if size > arg.pool.unit_size:
             raise ValueError(f"size must be <= {arg.pool.unit_size}")
     elif isinstance(pool, NaivePool):
@@ -419,6 +427,8 @@ def _percpu_add_stress(PerCPUPool pool, int threads, long long ops) -> dict:
         r["second"] = pc_percpu_sum(base + 8, stride)
         r["neighbour"] = pc_percpu_sum(pcpool_ptr(pool.c, neighbour, 0), stride)
         r["rseq"] = bool(pc_rseq_live())
+        # This module's copy of the process's choice (it must be core's).
+        r["cpu_source"] = pc_cpu_source_name().decode()
         return r
     finally:
         pcpool_free(pool.c, h)
@@ -713,7 +723,6 @@ def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long lo
 # Reference lifetimes: kill against tryget_live, misused gets, callbacks that
 # free the object, and a thread that uses the registry after its record went.
 
-cdef pc_registry *_registry = pc_registry_import()
 
 cdef struct _LiveArg:
     pc_ref ref

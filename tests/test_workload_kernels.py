@@ -15,7 +15,7 @@ from percpu.counters import COUNTERS, EXACT_COUNTERS
 from .conftest import run_python
 
 THREADS = [1, 2, 4]
-REFS = ["atomic", "bigref", "percpu"]
+REFS = ["atomic", "bigref", "percpu", "atomic-sharedline"]
 PAIRS = [f"{a}+{b}" for a in REFS for b in REFS]
 STANDARD = ("seconds", "ops", "ops_per_sec", "threads")
 
@@ -122,16 +122,67 @@ def test_dst_bytes_per_entry_counts_the_pool() -> None:
 @pytest.mark.parametrize("strategy", PAIRS)
 def test_packet(strategy: str, threads: int) -> None:
     ops = 4000
-    params = {"work": 10, "entries": 32, "unregister_every": 1000, "churn_every": 200}
+    params = {"work": 10, "dst_holds": 3, "dev_holds": 2, "routes": 32,
+              "unregister_every": 1000, "churn_every": 200}
     res = run("packet", strategy, threads, ops, **params)
     check_standard(res, threads, ops)
-    assert res["work"] == 10
+    assert (res["work"], res["dst_holds"], res["dev_holds"], res["routes"]) == (10, 3, 2, 32)
     assert res["unregisters"] + res["unregister_failures"] == ops // interval(1000, threads)
     assert res["churns"] + res["churn_failures"] == ops // interval(200, threads)
     assert res["unregisters"] > 0 and res["churns"] > 0
     assert res["created"] == res["released"] == 1 + res["unregisters"] + 32 + res["churns"]
     assert res["unregister_latency_mean_us"] > 0
-    assert res["bytes_per_entry"] > 0
+    # Memory is the dst workload's figure; packet's one hot route says nothing.
+    assert "bytes_per_entry" not in res
+
+
+@pytest.mark.parametrize("dev_holds,dst_holds", [(0, 0), (0, 1), (1, 0), (3, 1), (1, 7), (64, 64)])
+@pytest.mark.parametrize("strategy", ["atomic+atomic", "bigref+percpu", "atomic-sharedline+bigref"])
+def test_packet_hold_counts(strategy: str, dev_holds: int, dst_holds: int) -> None:
+    # Any mix of holds balances: each run checks that every object was
+    # released exactly once at teardown and that no get or put failed.
+    res = run("packet", strategy, 2, 500, work=7, dev_holds=dev_holds, dst_holds=dst_holds,
+              routes=3, unregister_every=100, churn_every=50)
+    assert res["ops"] == 1000 and res["created"] == res["released"]
+    assert res["unregisters"] > 0 and res["churns"] > 0
+
+
+def test_packet_defaults_model_loopback() -> None:
+    res = run("packet", "bigref+percpu", 2, 2000)
+    # One hot route, no unregister or route churn during a tbench run.
+    assert res["routes"] == res["entries"] == 1
+    assert res["unregisters"] == 0 and res["churns"] == 0 and res["created"] == 2
+
+
+def test_percpu_pin_spreads_the_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read at each run, so pyperf's workers (which inherit PERCPU_*) honour it.
+    monkeypatch.setenv("PERCPU_PIN", "1")
+    res = run("packet", "bigref+percpu", 3, 2000, routes=2, churn_every=300, unregister_every=500)
+    assert res["pinned"] == 1 and res["ops"] == 6000 and res["created"] == res["released"]
+    monkeypatch.setenv("PERCPU_PIN", "0")
+    assert run("stat", "percpu", 2, 100)["pinned"] == 0
+    monkeypatch.delenv("PERCPU_PIN")
+    assert run("netdev", "atomic", 2, 100)["pinned"] == 0
+
+
+def test_object_layout_separates_false_sharing() -> None:
+    from percpu._workloads import obj_layout
+
+    lay = obj_layout()
+    line = lay["cacheline"]
+
+    def lines(start: int, size: int) -> set[int]:
+        return set(range(start // line, (start + size - 1) // line + 1))
+
+    fields = 8 * lay["fields"]
+    count = lines(lay["count"], 8)
+    # The 2005 layout: the count on the line its users read ...
+    assert lines(lay["beside"], fields) == count
+    # ... the padded one: the fields on a line of their own, not even the
+    # 128-byte buddy of the count's line (adjacent-line prefetch).
+    assert not lines(lay["alone"], fields) & count
+    assert abs(lay["count"] // 128 - lay["alone"] // 128) >= 1
+    assert lay["size"] % line == 0 and lay["alone"] % line == 0
 
 
 def test_packet_work_costs_time() -> None:
@@ -199,7 +250,7 @@ def test_no_rseq_subprocess() -> None:
         """
         import json
         import percpu
-        from percpu.workloads import run
+        from percpu.workloads import run, run_timed
         res = {"cpu_source": percpu.features()["cpu_source"], "runs": []}
         for t in (1, 3):
             for s in ("percpu", "approx", "perthread"):
@@ -208,14 +259,19 @@ def test_no_rseq_subprocess() -> None:
                 res["runs"].append(run("netdev", s, t, 5000, unregister_every=500))
                 res["runs"].append(run("dst", s, t, 5000, entries=16, churn_every=100))
             for s in ("bigref+percpu", "percpu+bigref"):
-                res["runs"].append(run("packet", s, t, 2000, work=5, entries=16, unregister_every=500, churn_every=100))
+                res["runs"].append(run("packet", s, t, 2000, work=5, routes=16, dst_holds=2,
+                                       unregister_every=500, churn_every=100))
+        # Time-bounded too: the deadline works on the fallback path.
+        res["runs"].append(run_timed("packet", "bigref+percpu", 3, 0.05, routes=4,
+                                     unregister_every=500, churn_every=100))
+        res["runs"].append(run_timed("stat", "percpu", 3, 0.02))
         print(json.dumps(res))
         """,
         env_extra={"PERCPU_NO_RSEQ": "1"},
     )
     res = json.loads(out)
-    assert res["cpu_source"] != "rseq"
-    assert len(res["runs"]) == 2 * (3 + 4 + 2)
+    assert res["cpu_source"] not in ("rseq", "mm_cid")
+    assert len(res["runs"]) == 2 * (3 + 4 + 2) + 2
     for r in res["runs"]:
         assert r["ops"] > 0 and r["ops_per_sec"] > 0
         if "exact" in r:

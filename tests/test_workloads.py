@@ -11,14 +11,15 @@ import pytest
 from percpu import workloads
 from percpu.workloads import WORKLOADS, Workload, run
 
+REFS = ("atomic", "bigref", "percpu", "atomic-sharedline")
+PACKET_DEFAULTS = {"work": 280, "dev_holds": 1, "dst_holds": 1, "routes": 1,
+                   "unregister_every": 0, "churn_every": 0}
 EXPECTED = {
     "stat": (("atomic", "locked", "percpu", "perthread", "approx", "striped", "racy"),
              {"counters": 64, "read_every": 1000}),
-    "netdev": (("atomic", "bigref", "percpu"), {"unregister_every": 100000}),
-    "dst": (("atomic", "bigref", "percpu"), {"entries": 1024, "churn_every": 10000}),
-    "packet": (tuple(f"{a}+{b}" for a in ("atomic", "bigref", "percpu")
-                     for b in ("atomic", "bigref", "percpu")),
-               {"work": 50, "entries": 1024, "unregister_every": 100000, "churn_every": 10000}),
+    "netdev": (REFS, {"unregister_every": 100000}),
+    "dst": (REFS, {"entries": 1024, "churn_every": 10000}),
+    "packet": (tuple(f"{a}+{b}" for a in REFS for b in REFS), PACKET_DEFAULTS),
 }
 ALL_POINTS = [(w, s) for w in EXPECTED for s in EXPECTED[w][0]]
 
@@ -30,7 +31,8 @@ def fake_kernels() -> Iterator[list[tuple[Any, ...]]]:
     module = types.ModuleType("percpu._workloads")
 
     def make(name: str) -> Any:
-        def kernel(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]:
+        def kernel(strategy: str, threads: int, ops: int, params: dict[str, int],
+                   duration_ns: int = 0) -> dict[str, Any]:
             calls.append((name, strategy, threads, ops, params))
             return {"wall_ns": 2_000_000, "ops": threads * ops, "unregisters": 3,
                     "unregister_latency_mean_us": 12.5}
@@ -59,7 +61,21 @@ def test_registry_matches_the_contract() -> None:
         assert w.strategies == strategies
         assert dict(w.params) == params
         assert w.baseline in w.strategies
-    assert len(ALL_POINTS) == 22
+    assert len(ALL_POINTS) == 7 + 4 + 4 + 16
+
+
+def test_hot_line_strategies() -> None:
+    # The strategies whose every op writes a line all threads write: the
+    # shared counts and the lock, and every packet pair with one of them.
+    assert WORKLOADS["stat"].hot_line == {"atomic", "locked", "racy"}
+    assert WORKLOADS["netdev"].hot_line == {"atomic", "atomic-sharedline"}
+    packet = WORKLOADS["packet"].hot_line
+    assert "atomic+percpu" in packet and "bigref+atomic-sharedline" in packet
+    assert "bigref+percpu" not in packet and "percpu+bigref" not in packet
+    assert len(packet) == 16 - 4
+    assert WORKLOADS["pycounter"].hot_line == frozenset()
+    with pytest.raises(ValueError, match="hot_line of 'w' names unknown strategies y"):
+        Workload("w", "d", ("x",), {}, hot_line=frozenset({"y"}))
 
 
 def test_workload_is_frozen_and_its_defaults_cannot_be_edited() -> None:
@@ -93,8 +109,8 @@ def test_run_zero_ops() -> None:
 
 
 def test_params_override_defaults() -> None:
-    r = run("packet", "bigref+percpu", 1, 10, work=0, churn_every=0)
-    assert r["params"] == {"work": 0, "entries": 1024, "unregister_every": 100000, "churn_every": 0}
+    r = run("packet", "bigref+percpu", 1, 10, work=0, churn_every=7)
+    assert r["params"] == {**PACKET_DEFAULTS, "work": 0, "churn_every": 7}
 
 
 @pytest.mark.parametrize("args,kwargs,match", [
@@ -111,6 +127,12 @@ def test_params_override_defaults() -> None:
     (("stat", "atomic", 1, 1), {"counters": 2**20 + 1}, r"stat\.counters must be in 1\.\.1048576"),
     (("dst", "atomic", 1, 1), {"churn_every": -1}, r"churn_every must be in 0\.\."),
     (("dst", "atomic", 1, 1), {"entries": 2**24 + 1}, r"dst\.entries must be in 1\.\.16777216"),
+    (("packet", "atomic+atomic", 1, 1), {"routes": 0}, r"packet\.routes must be in 1\.\.16777216, not 0"),
+    (("packet", "atomic+atomic", 1, 1), {"dst_holds": 65}, r"packet\.dst_holds must be in 0\.\.64, not 65"),
+    (("packet", "atomic+atomic", 1, 1), {"dev_holds": -1}, r"packet\.dev_holds must be in 0\.\.64, not -1"),
+    (("packet", "atomic+atomic", 1, 1), {"work": 2**24 + 1}, r"packet\.work must be in 0\.\.16777216"),
+    (("packet", "atomic+atomic", 1, 1), {"entries": 4}, r"unknown parameter\(s\) entries .*routes=1"),
+    (("netdev", "atomic-sharedline+atomic", 1, 1), {}, r"unknown strategy"),
 ])
 def test_run_rejects_bad_input(args: tuple[Any, ...], kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -138,6 +160,64 @@ def test_native_kernels_are_used_when_present(fake_kernels: list[tuple[Any, ...]
     assert r["kernel"] == "native"
     assert r["unregisters"] == 3 and r["unregister_latency_mean_us"] == 12.5
     assert "wall_ns" not in r
+
+
+def test_run_timed_passes_the_duration_and_measures_fairness(
+        fake_kernels: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    module = sys.modules["percpu._workloads"]
+    seen = []
+
+    def kernel(strategy: str, threads: int, ops: int, params: dict[str, int],
+               duration_ns: int = 0) -> dict[str, Any]:
+        seen.append((strategy, threads, ops, params, duration_ns))
+        return {"wall_ns": 250_000_000, "ops": 1000, "thread_ops": [400, 600]}
+
+    monkeypatch.setattr(module, "run_netdev", kernel)
+    r = workloads.run_timed("netdev", "atomic", 2, 0.25)
+    assert seen == [("atomic", 2, workloads.MAX_OPS, {"unregister_every": 100000}, 250_000_000)]
+    assert r["thread_ops"] == [400, 600] and r["fairness"] == pytest.approx(400 / 600)
+    assert r["duration"] == 0.25 and r["ops"] == 1000 and r["seconds"] == pytest.approx(0.25)
+    # run() never passes a duration: a kernel written before it keeps working.
+    run("netdev", "atomic", 2, 5)
+    assert seen[-1][-1] == 0
+
+
+def test_run_timed_needs_per_thread_counts(fake_kernels: list[tuple[Any, ...]]) -> None:
+    # The fake kernels report no thread_ops: a timed run cannot say how fair it was.
+    with pytest.raises(RuntimeError, match="no per-thread ops"):
+        workloads.run_timed("dst", "bigref", 2, 0.1)
+
+
+@pytest.mark.parametrize("seconds,error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                           (float("inf"), ValueError), (3601, ValueError),
+                                           ("1", TypeError), (True, TypeError), (None, TypeError)])
+def test_run_timed_rejects_bad_seconds(seconds: Any, error: type) -> None:
+    with pytest.raises(error, match="seconds must be"):
+        workloads.run_timed("netdev", "atomic", 1, seconds)
+
+
+@pytest.mark.parametrize("counts,expected", [
+    ([5], None), ([], None), ([0, 0], None), ([3, 3, 3], 1.0), ([1, 4], 0.25), ([0, 9], 0.0),
+    ([10, 5, 20], 0.25),
+])
+def test_fairness(counts: list[int], expected: float | None) -> None:
+    assert workloads.fairness(counts) == expected
+
+
+def test_real_timed_runs_count_every_thread() -> None:
+    for name, strategy in (("stat", "locked"), ("netdev", "atomic-sharedline"), ("dst", "percpu"),
+                           ("packet", "bigref+atomic"), ("pycounter", "percpu")):
+        r = workloads.run_timed(name, strategy, 2, 0.02)
+        counts = r["thread_ops"]
+        assert len(counts) == 2 and all(c > 0 for c in counts)
+        # Every op a thread did is in the total, and the checks of the
+        # fixed-count run (exact sums, releases) held for these counts too.
+        assert r["ops"] == sum(counts)
+        assert r["fairness"] == min(counts) / max(counts)
+        if "exact" in r:
+            assert r["exact"] == 1 and r["expected"] == sum(counts)
+        if "released" in r:
+            assert r["created"] == r["released"]
 
 
 def test_validation_happens_before_the_kernel(fake_kernels: list[tuple[Any, ...]]) -> None:
@@ -205,4 +285,9 @@ def test_strategies_match_the_counter_and_ref_registries() -> None:
     if counters is not None:
         assert set(workloads.COUNTER_STRATEGIES) == set(counters)
     if refs is not None:
-        assert set(workloads.REF_STRATEGIES) == set(refs)
+        # The library's classes, then the lab's layout controls of them.
+        assert workloads.REF_STRATEGIES == (*refs, *workloads.REF_LAYOUTS)
+        assert not set(workloads.REF_LAYOUTS) & set(refs)
+        assert set(workloads.REF_LAYOUTS.values()) <= set(refs)
+        assert workloads.ref_operations("atomic-sharedline") == "atomic"
+        assert workloads.ref_operations("bigref") == "bigref"

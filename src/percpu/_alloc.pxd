@@ -6,6 +6,16 @@
 # `base = pcpool_ptr(p, h, 0)` and `stride = pcpool_stride(p)` and indexes
 # `base + cpu * stride` itself (e.g. `pc_percpu_add(base, stride, v)`).
 #
+# Every object has nr_cpus + 1 copies: one per possible CPU and, after them,
+# the shared slot (see pc_proc in percpu/cpu.h). A new object is zeroed only
+# in the copies that may have been written: the slots below the process's
+# slot bound, the copies the pool has handed out by index (view(), address(),
+# pcpool_claim()), and the shared slots once one was used. The others were
+# never written since their memory was mapped (zero), and stay untouched:
+# a CPU that never runs costs no memory. Code that writes a copy by a cpu
+# index of its own (not through the fast paths, which stay below the bound)
+# calls pcpool_claim() first.
+#
 # Handles are int64 >= 0: (block << log2(unit_size)) | offset, where offset is
 # the object's byte offset inside its unit (a multiple of the 8-byte granule).
 # A freed handle's position may be handed out again, like a pointer. Debug
@@ -46,7 +56,7 @@ cdef enum:
     GRANULE_SHIFT = 3
 
 cdef struct pc_block:
-    char *base              # unit_size * nr_cpus bytes; CPU c's unit at base + c * unit_size
+    char *base              # unit_size * (nr_cpus + 1) bytes; CPU c's unit at base + c * unit_size
     uint64_t *used          # one bit per granule of a unit: allocated
     uint64_t *start         # one bit per granule: first granule of an object
     uint64_t *end           # one bit per granule: last granule of an object (read
@@ -70,6 +80,7 @@ cdef struct pc_pool:
     size_t granules         # granules per unit
     size_t map_words        # uint64 words per bitmap
     bint mapped             # blocks come from mmap (else posix_memalign)
+    int32_t claimed         # copies [0, claimed) may have been written by index (atomic)
     # blocks: the array is replaced, never reallocated in place, when it fills,
     # and old copies are kept until the pool dies, so that pcpool_ptr can read
     # a block's base without the lock
@@ -122,6 +133,7 @@ cdef struct pc_naive:
 
 cdef class PerCPUPool:
     cdef pc_pool *c         # the C pool; valid for the life of the object
+    cdef bint _configured   # __init__ has run (it may replace c, before any alloc)
 
 
 cdef class NaivePool:
@@ -137,6 +149,9 @@ cdef char *pcpool_ptr(pc_pool *p, int64_t handle, int cpu) noexcept nogil
     # per_cpu_ptr: base + cpu * unit_size + offset; unchecked (handle and cpu must be valid)
 cdef size_t pcpool_stride(pc_pool *p) noexcept nogil
     # unit_size: distance in bytes between CPU c's and CPU c+1's copy of any object
+cdef void pcpool_claim(pc_pool *p, int ncpus) noexcept nogil
+    # copies [0, ncpus) of every object may be written by index from now on:
+    # allocation keeps zeroing them
 cdef PerCPUPool default_pool()
     # the process-wide pool that counters and references allocate from (created on first use)
 

@@ -9,24 +9,30 @@ from percpu.cpercpu cimport PC_MAX_THREADS
 
 cdef extern from "percpu/team.h" nogil:
     ctypedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
+    enum:
+        PC_TEAM_POLL
     ctypedef struct pc_team:
         int nthreads
         int pin
         int64_t ops
         pc_kernel_fn fn
         void *arg
+        int64_t duration_ns
         int64_t wall_ns
         int64_t *done
         int64_t *thread_ns
     int pc_team_run(pc_team *t)
+    bint pc_team_expired()
 
 
 cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
-                                int64_t *done, bint pin) except -1:
+                                int64_t *done, bint pin, int64_t duration_ns=0) except -1:
     """Runs ``fn`` on ``threads`` native threads, ``ops`` each, without the GIL
     (call it holding the GIL). ``done`` (``threads`` entries) receives each
-    thread's completed ops, or NULL. Returns the wall time in ns, from the
-    barrier's release to the last thread's finish."""
+    thread's completed ops, or NULL. ``duration_ns`` > 0: kernels that poll
+    ``pc_team_expired()`` stop that long after the start (``ops`` is then a
+    cap). Returns the wall time in ns, from the barrier's release to the last
+    thread's finish."""
     cdef pc_team team
     cdef int err
     cdef int64_t *own = NULL
@@ -34,6 +40,8 @@ cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t
         raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
     if ops < 0:
         raise ValueError(f"ops must be >= 0, not {ops}")
+    if duration_ns < 0:
+        raise ValueError(f"duration_ns must be >= 0, not {duration_ns}")
     if done == NULL:
         own = <int64_t *>calloc(threads, sizeof(int64_t))
         if own == NULL:
@@ -46,6 +54,7 @@ cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t
     team.fn = fn
     team.arg = arg
     team.done = done
+    team.duration_ns = duration_ns
     with nogil:
         err = pc_team_run(&team)
     free(own)

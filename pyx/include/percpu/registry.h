@@ -65,6 +65,7 @@ typedef struct {
 } PC_CACHELINE_ALIGNED pc_fork_gate;
 
 typedef struct {
+    pc_proc proc;        /* the process-wide cpu-id choice and slot bound (own line) */
     pthread_mutex_t lock;
     pthread_key_t key;
     int32_t high_water;  /* records [0, high_water) have been handed out */
@@ -225,26 +226,22 @@ static inline void pc_section_exit(pc_thread_rec *rec) {
     pc_store_u64(&rec->seq, rec->seq + 1, PC_RELEASE);
 }
 
-/* Whether reference fast paths may run as rseq critical sections in this
- * module: only where the grace period can abort them, i.e. with
- * MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ registered (kernels 4.18-5.9 have
- * rseq but not that command; plain PRIVATE_EXPEDITED only fences, and a
- * section that read the old mode would then commit after the fold).
- * Otherwise they use the registry's read-side sections. Counters need no
- * such care: they never switch modes. */
-static int pc_refs_rseq_mode; /* per module: 0 undecided, 1 rseq, 2 sections */
+/* The process's choice as adopted by this module, adopting it from the
+ * registry when this module has not yet (objects carry the registry, so
+ * their slow paths can). */
+static inline pc_proc *pc_adopt_registry(pc_registry *reg) { return pc_adopted(&reg->proc); }
 
-static PC_COLD int pc_refs_rseq_init(const pc_registry *reg) {
-    int m = (pc_rseq_live() &&
-             pc_load_i32(&reg->membarrier, PC_RELAXED) == PC_MB_EXPEDITED_RSEQ) ? 1 : 2;
-    /* Racing initialisers store the same value. */
-    pc_store_i32(&pc_refs_rseq_mode, m, PC_RELAXED);
-    return m;
-}
-
+/* Whether reference fast paths run as rseq critical sections: only where the
+ * grace period can abort them, i.e. with MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
+ * registered (kernels 4.18-5.9 have rseq but not that command; plain
+ * PRIVATE_EXPEDITED only fences, and a section that read the old mode would
+ * then commit after the fold). Otherwise they use the registry's read-side
+ * sections. Counters need no such care: they never switch modes. Decided
+ * once per process with the membarrier registration (proc.refs_sections);
+ * this module's copy is 0 until it adopted. Acquire: see pc_adopt(). */
 static inline int pc_refs_rseq(const pc_registry *reg) {
-    int m = pc_load_i32(&pc_refs_rseq_mode, PC_RELAXED);
-    if (PC_UNLIKELY(m == 0)) m = pc_refs_rseq_init(reg);
+    int m = pc_load_i32(&pc_mod.refs, PC_ACQUIRE);
+    if (PC_UNLIKELY(m == 0)) m = pc_adopt((pc_proc *)&reg->proc)->refs_sections ? 1 : 2;
     return m == 1;
 }
 
@@ -259,7 +256,7 @@ static void pc_synchronize(pc_registry *reg) {
         /* Aborts every rseq critical section running in this process and
          * fences every running thread (the IPI runs smp_mb() before
          * rseq_preempt()); preempted ones abort on resume. Used whenever it
-         * is registered, whatever this module decided about rseq: the
+         * is registered, whether references run sections or not: the
          * fence also serves the read-side sections below. */
         pc_membarrier_or_die(PC_MB_PRIVATE_EXPEDITED_RSEQ);
     } else if (mb != PC_MB_NONE) {

@@ -100,14 +100,21 @@ static int pc_registry_create(void) {
     reg->fork_head.next = reg->fork_head.prev = &reg->fork_head;
     if (pthread_key_create(&reg->key, pc_registry_thread_exit)) return -1;
     for (i = 0; i < PC_MAX_THREADS; i++) reg->recs[i].index = i;
+    /* The process-wide choice of the cpu-id source and the fast paths: made
+     * here, once, before any other module can reach the registry. */
+    pc_proc_decide(&reg->proc);
     /* Register both expedited flavours; each may be missing (old kernel,
-     * seccomp). The RSEQ one is useful only where rseq is live. */
+     * seccomp). The RSEQ one is useful only where sections run. */
     if (pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED, 0) == 0) {
         reg->membarrier = PC_MB_EXPEDITED;
-        if (pc_rseq_live() &&
+        if (reg->proc.sections &&
             pc_membarrier(PC_MB_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0) == 0)
             reg->membarrier = PC_MB_EXPEDITED_RSEQ;
     }
+    reg->proc.refs_sections = reg->proc.sections && reg->membarrier == PC_MB_EXPEDITED_RSEQ;
+    /* The creator adopts first; the others adopt through the capsule or
+     * through the objects that carry the registry. */
+    pc_adopt(&reg->proc);
     pc_the_registry = reg;
     pthread_atfork(pc_fork_prepare, pc_fork_release, pc_fork_child);
     return 0;

@@ -16,12 +16,23 @@
 
 typedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done);
 
+/* Kernels that honour a time limit check pc_team_expired() once every
+ * PC_TEAM_POLL ops (a clock read costs ~20 ns: once per 1024 ops it is lost
+ * in the noise, and a thread overruns the limit by fewer than 1024 ops) and
+ * report the ops they completed in *done. */
+#define PC_TEAM_POLL 1024
+
 typedef struct {
     int nthreads;
     int pin;               /* pin thread i to the i-th allowed CPU, round-robin */
-    int64_t ops;           /* operations per thread */
+    int64_t ops;           /* operations per thread (with duration_ns: the cap) */
     pc_kernel_fn fn;
     void *arg;
+    /* 0: every thread runs its ops. > 0: kernels that poll pc_team_expired()
+     * stop at their first poll once duration_ns have passed since the
+     * barrier's release: a time-bounded run, where each thread's *done says
+     * how far it got in the same time (fairness). */
+    int64_t duration_ns;
     /* results */
     int64_t wall_ns;       /* barrier release to last finish */
     int64_t *done;         /* per-thread completed ops (nthreads entries) */
@@ -38,6 +49,17 @@ typedef struct {
     int cpu;               /* -1: not pinned */
     int64_t end_ns;
 } pc_team_member;
+
+/* This thread's deadline (a pc_now_ns() time), or 0: none. Set by the team
+ * before it calls the kernel; a thread-local, so kernels keep their
+ * signature. */
+static PC_TLS int64_t pc_team_tls_deadline;
+
+/* Whether this team member's time is up (always 0 without duration_ns). */
+static inline int pc_team_expired(void) {
+    int64_t d = pc_team_tls_deadline;
+    return d != 0 && pc_now_ns() >= d;
+}
 
 static void *pc_team_main(void *p) {
     pc_team_member *m = (pc_team_member *)p;
@@ -59,7 +81,10 @@ static void *pc_team_main(void *p) {
         else sched_yield();
     }
     start = pc_now_ns();
+    /* t0 was written before the go flag's release store, which we acquired. */
+    pc_team_tls_deadline = t->duration_ns > 0 ? t->t0 + t->duration_ns : 0;
     t->fn(t->arg, m->tid, t->ops, &t->done[m->tid]);
+    pc_team_tls_deadline = 0;
     m->end_ns = pc_now_ns();
     if (t->thread_ns) t->thread_ns[m->tid] = m->end_ns - start;
     return NULL;
@@ -73,7 +98,8 @@ static int pc_team_run(pc_team *t) {
     int i, err = 0, started = 0, spins = 0;
     int64_t last = 0;
     int allowed[1024], nallowed = 0;
-    if (t->nthreads <= 0 || t->ops < 0 || !t->fn || !t->done) return EINVAL;
+    if (t->nthreads <= 0 || t->ops < 0 || t->duration_ns < 0 || !t->fn || !t->done)
+        return EINVAL;
     th = (pthread_t *)calloc((size_t)t->nthreads, sizeof *th);
     mem = (pc_team_member *)calloc((size_t)t->nthreads, sizeof *mem);
     if (!th || !mem) {
