@@ -79,7 +79,8 @@ def usable_cpus() -> int:
 def fast_paths(features: dict[str, Any], refs_fast_path: str) -> dict[str, str]:
     """In words, how an increment and a reference get/put run here."""
     if features.get("rseq"):
-        counters = "rseq critical section (a plain add, restarted on preemption)"
+        counters = ("rseq critical section (a plain add, restarted on preemption; "
+                    f"slots indexed by {features.get('cpu_source')})")
     else:
         counters = (f"atomic add on the current CPU's slot "
                     f"(cpu id from {features.get('cpu_source')})")
