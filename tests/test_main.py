@@ -32,7 +32,8 @@ def test_json_reports_every_strategy_with_exact_totals() -> None:
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["version"] == percpu.__version__
-    assert rep["features"] == percpu.features()
+    # The same choice as here; the slot bound depends on what each process ran.
+    assert dict(rep["features"], slots_in_use=0) == dict(percpu.features(), slots_in_use=0)
     assert rep["fast_path"] == {"refs": fast_path()}
     check = rep["selfcheck"]
     assert check["threads"] == [1, 2]
