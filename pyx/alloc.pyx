@@ -894,6 +894,26 @@ cdef int64_t _live_size(int64_t size, object handle) except -1:
     return size
 
 
+cdef pc_pool *_pool_create(size_t unit) except NULL:
+    """A new pool of ``unit`` bytes per CPU per block, its atomic reserve filled."""
+    cdef pc_pool *p = <pc_pool *>malloc(sizeof(pc_pool))
+    cdef int rc
+    if p == NULL:
+        raise MemoryError()
+    memset(p, 0, sizeof(pc_pool))
+    if _pool_init(p, unit) != 0:
+        free(p)
+        raise MemoryError()
+    # Atomic allocations may come first: have the reserve ready.
+    with nogil:
+        rc = pcpool_refill(p)
+    if rc != 0:
+        _pool_destroy(p)
+        free(p)
+        raise MemoryError("cannot fill the atomic reserve")
+    return p
+
+
 cdef class PerCPUPool:
     """The compact per-CPU allocator.
 
@@ -906,25 +926,34 @@ cdef class PerCPUPool:
     (``stats()`` says what the caches hold; ``drain()`` empties them).
     """
 
-    def __cinit__(self, unit_size=None):
-        cdef size_t unit
-        if unit_size is None:
-            unit = DEFAULT_UNIT_SIZE
-        else:
+    def __cinit__(self, *args, **kwargs):
+        # The arguments are __init__'s (a subclass's own included): whatever
+        # they are, the object is a working pool of the default geometry
+        # from here on, and __init__ may then change the geometry.
+        self.c = _pool_create(DEFAULT_UNIT_SIZE)
+
+    def __init__(self, unit_size=None):
+        cdef size_t unit = DEFAULT_UNIT_SIZE
+        cdef pc_pool *old
+        if unit_size is not None:
             unit = _as_size(unit_size, "unit_size", MAX_UNIT)
             if unit & (unit - 1) or unit < <size_t>PC_CACHELINE:
                 raise ValueError(
                     f"unit_size must be a power of two >= {PC_CACHELINE}, not {unit}")
-        self.c = <pc_pool *>malloc(sizeof(pc_pool))
-        if self.c == NULL:
-            raise MemoryError()
-        memset(self.c, 0, sizeof(pc_pool))
-        if _pool_init(self.c, unit) != 0:
-            free(self.c)
-            self.c = NULL
-            raise MemoryError()
-        # Atomic allocations may come first: have the reserve ready.
-        self.refill()
+        if self._configured:
+            raise RuntimeError(f"{type(self).__name__}.__init__() was already called: "
+                               "a pool is configured once")
+        if unit != self.c.unit_size:
+            # Handles and slot pointers depend on the geometry: only a pool
+            # that never handed anything out may change it.
+            if self.c.allocs != 0:
+                raise RuntimeError("cannot change the unit_size of a pool that has "
+                                   "already allocated")
+            old = self.c
+            self.c = _pool_create(unit)
+            _pool_destroy(old)
+            free(old)
+        self._configured = True
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -1091,7 +1120,8 @@ cdef class NaivePool:
     one cache-line-aligned allocation per CPU plus an array of their pointers.
     Objects and alignments up to ``NAIVE_MAX_SIZE`` bytes."""
 
-    def __cinit__(self):
+    def __cinit__(self, *args, **kwargs):
+        # The arguments are __init__'s (a subclass's own included).
         self.c = <pc_naive *>malloc(sizeof(pc_naive))
         if self.c == NULL:
             raise MemoryError()
@@ -1100,6 +1130,9 @@ cdef class NaivePool:
             free(self.c)
             self.c = NULL
             raise MemoryError()
+
+    def __init__(self):
+        pass
 
     def __dealloc__(self):
         if self.c != NULL:

@@ -6,6 +6,7 @@ src/percpu/_refs.pxd; this module holds the out-of-line paths (slow and cold:
 the mode switches, the grace period, the fold, the release), the Python
 classes. The native-thread kernels that drive it live in the lab (pyx/lab.pyx).
 """
+cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
@@ -524,27 +525,57 @@ cdef int ref_kind_of(object name) except -1:
     return kind
 
 
-cdef int _setup(_Ref self, int kind, object on_release, object pool) except -1:
-    cdef pc_pool *p = NULL
-    cdef pc_ref_release_fn release = NULL
+cdef int _setup(_Ref self, int kind) except -1:
+    """From __cinit__: a live reference without a callback, its slots (if
+    any) on the default pool; __init__ then applies the arguments."""
+    cdef PerCPUPool pool = None
     cdef int rc
-    if on_release is not None and not callable(on_release):
-        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
     if kind != PCREF_ATOMIC:
-        if pool is None:
-            pool = default_pool()
-        elif not isinstance(pool, PerCPUPool):
-            raise TypeError(f"pool must be a PerCPUPool, not {type(pool).__name__}")
-        p = (<PerCPUPool>pool).c
-    if on_release is not None:
-        release = _py_release
-    rc = ref_init(&self.c, kind, p, False, release, <void *>self)
+        pool = default_pool()
+    rc = ref_init(&self.c, kind, pool.c if pool is not None else NULL, False, NULL, NULL)
     if rc == PCREF_ERR_NOMEM:
         raise MemoryError("percpu: the pool cannot hold another reference")
     if rc != 0:
         raise ValueError(f"percpu: cannot set up the reference (error {rc})")
-    self.on_release = on_release
     self.pool = pool
+    return 0
+
+
+cdef int _configure(_Ref self, object on_release, object pool) except -1:
+    """__init__: checks the arguments, then moves the slots to ``pool`` (when
+    given) and installs ``on_release``. Runs once."""
+    cdef int64_t h
+    cdef pc_pool *p
+    if on_release is not None and not callable(on_release):
+        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
+    if pool is not None and not isinstance(pool, PerCPUPool):
+        raise TypeError(f"pool must be a PerCPUPool or None, not {type(pool).__name__}")
+    if self._configured:
+        raise RuntimeError(f"{type(self).__name__}.__init__() was already called: "
+                           "a reference is configured once")
+    if pool is not None and pool is not self.pool:
+        # Only an untouched reference moves: one made with __new__ and used
+        # before __init__ may have counts in its slots or threads inside it.
+        if pc_load_i32(&self.c.state, PC_RELAXED) != 0 or ref_value(&self.c) != 1:
+            raise RuntimeError(f"cannot move a {type(self).__name__} that is already in use "
+                               "to another pool")
+        p = (<PerCPUPool>pool).c
+        h = pcpool_alloc(p, sizeof(int64_t), sizeof(int64_t), False)
+        if h < 0:
+            raise MemoryError("percpu: the pool cannot hold another reference")
+        # The slots are all zero (value 1 is the initial reference, in the
+        # shared count) and nobody else has seen them: swap them for the new.
+        pcpool_free(self.c.pool, self.c.handle)
+        self.c.pool = p
+        self.c.handle = h
+        self.c.base = pcpool_ptr(p, h, 0)
+        self.c.stride = pcpool_stride(p)
+        self.pool = pool
+    if on_release is not None:
+        self.on_release = on_release
+        self.c.ctx = <void *>self
+        self.c.release = _py_release
+    self._configured = True
     return 0
 
 
@@ -559,8 +590,38 @@ cdef int _check(int rc, str what) except -1:
     raise RuntimeError(f"{what}: failed (error {rc})")
 
 
+# Timeouts from this many seconds on (about 136 years) wait forever: the
+# deadline in ns must stay far from the int64 limit.
+cdef object _WAIT_FOREVER_S = 1 << 32
+
+
+cdef bint _wait_forever(object timeout) except -1:
+    """Checks ``timeout`` for wait_released; True when it means no deadline."""
+    if timeout is None:
+        return True
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds, not NaN")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    # Compared as Python numbers: an int too large for a float is fine too.
+    return timeout >= _WAIT_FOREVER_S
+
+
+@cython.no_gc_clear
 cdef class _Ref:
-    """Common part of the reference classes (not instantiated directly)."""
+    """Common part of the reference classes (not instantiated directly).
+
+    Construction: each class's ``__cinit__`` takes any arguments and ignores
+    them (they belong to ``__init__``, a subclass's own included) and makes a
+    live reference without a callback, its slots on the default pool;
+    ``__init__`` checks ``on_release`` and ``pool`` and applies them, once.
+    A subclass that never calls ``super().__init__()`` still has a working
+    reference. ``no_gc_clear``: ``__dealloc__`` gives the slots back to the
+    pool that ``self.pool`` keeps alive, and a release may call
+    ``self.on_release``; the collector must not drop either first.
+    """
 
     def __cinit__(self, *args, **kwargs):
         # Until a subclass sets it up the struct reads as released.
@@ -615,22 +676,21 @@ cdef class _Ref:
     def wait_released(self, timeout=None) -> bool:
         """Wait until the release callback has returned; False on timeout.
 
-        The GIL is released while waiting; signals (Ctrl-C) are handled.
+        ``timeout``: seconds (int or float, >= 0), or None to wait for as long
+        as it takes; a timeout too long to matter (``inf``, ``1e300``) is the
+        same as None. The GIL is released while waiting; signals (Ctrl-C)
+        are handled.
         """
         cdef int64_t deadline = 0, now, nap = 10000
+        cdef bint forever = _wait_forever(timeout)
         cdef timespec ts
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-            t = float(timeout)
-            if t != t:
-                raise ValueError("timeout must be a number, not NaN")
-            deadline = pc_now_ns() + <int64_t>(max(t, 0.0) * 1e9)
+        if not forever:
+            deadline = pc_now_ns() + <int64_t>(float(timeout) * 1e9)
         while True:
             if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
                 return True
             now = pc_now_ns()
-            if timeout is not None:
+            if not forever:
                 if now >= deadline:
                     return False
                 if deadline - now < nap:
@@ -651,8 +711,11 @@ cdef class _Ref:
 cdef class AtomicRef(_Ref):
     """One shared atomic count (kref): every get/put is a locked add."""
 
-    def __cinit__(self, on_release=None):
-        _setup(self, PCREF_ATOMIC, on_release, None)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_ATOMIC)
+
+    def __init__(self, on_release=None):
+        _configure(self, on_release, None)
 
     def get(self) -> None:
         if atomicref_get(&self.c) != 0:
@@ -672,8 +735,11 @@ cdef class BigRef(_Ref):
     fold the per-CPU counts in and drop the initial reference.
     """
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_BIGREF, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_BIGREF)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_fast(self) -> bool:
         """Whether get/put still go to the per-CPU counts."""
@@ -683,8 +749,11 @@ cdef class BigRef(_Ref):
 cdef class PercpuRef(_Ref):
     """Linux percpu_ref: per-CPU counts that switch to one shared count."""
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_PERCPU, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_PERCPU)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_percpu(self) -> bool:
         """Whether get/put go to the per-CPU counts."""

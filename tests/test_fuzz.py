@@ -62,20 +62,27 @@ def _make_counter(name: str, ctor_arg: object) -> tuple[CounterBase | None, type
         return None, type(e)
 
 
+def is_count(x: object) -> bool:
+    """A size or count argument: an int or anything with __index__, but no bool."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
 def _ctor_expectation(name: str, arg: object) -> tuple[type[BaseException], ...] | None:
-    """What the documented constructor does with ``arg``."""
-    if name in ("approx", "striped"):
-        if arg is None:
-            return None
-        if not is_pyint(arg):
+    """What the documented constructor does with ``arg`` (None: the default)."""
+    if arg is None:
+        return None
+    if name in ("approx", "striped", "perthread"):
+        if not is_count(arg):
             return (TypeError,)
-        hi = 2**40 if name == "approx" else 65536
-        return None if 1 <= arg <= hi else (ValueError,)  # type: ignore[operator]
-    if name == "perthread":
-        # capacity: an int in 1..PC_MAX_THREADS (PC_MAX_THREADS is 1024).
-        if not is_pyint(arg):
-            return (TypeError,)
-        return None if 1 <= arg <= 1024 else (ValueError,)  # type: ignore[operator]
+        # capacity: 1..PC_MAX_THREADS (1024)
+        hi = {"approx": 2**40, "striped": 65536, "perthread": 1024}[name]
+        return None if 1 <= operator.index(arg) <= hi else (ValueError,)  # type: ignore[arg-type]
     return None
 
 

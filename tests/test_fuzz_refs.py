@@ -135,7 +135,7 @@ def test_reference_call_sequences(kind: str, ops: list[tuple[str, Any, Any]]) ->
                 assert r.is_zero() is m.released
         elif op == "wait":
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-                if timeout != timeout:  # NaN
+                if timeout != timeout or timeout < 0:  # NaN, negative
                     expect(lambda: r.wait_released(timeout), (ValueError,))
                 else:
                     assert r.wait_released(timeout) is m.released

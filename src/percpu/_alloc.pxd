@@ -133,6 +133,7 @@ cdef struct pc_naive:
 
 cdef class PerCPUPool:
     cdef pc_pool *c         # the C pool; valid for the life of the object
+    cdef bint _configured   # __init__ has run (it may replace c, before any alloc)
 
 
 cdef class NaivePool:

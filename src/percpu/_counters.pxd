@@ -46,6 +46,7 @@ cdef extern from "percpu.h" nogil:
 
 
 cdef class CounterBase:
+    cdef bint _configured   # __init__ has run (it runs once: it may move the storage)
     cdef void _add(self, int64_t v) noexcept nogil
     cdef int64_t _read(self) noexcept nogil
 

@@ -285,6 +285,7 @@ cdef class _Ref:
     cdef pc_ref c
     cdef object on_release
     cdef object pool
+    cdef bint _configured   # __init__ has run (it runs once: it may move the slots)
 
 cdef class AtomicRef(_Ref):
     pass

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from percpu._checks import check_argv, check_int, check_mapping
 from percpu._core import MAX_THREADS
 from percpu.counters import COUNTERS
 
@@ -206,10 +207,6 @@ def unavailable_strategies() -> dict[str, str]:
     return {PEER_PREFIX + n: why for n, why in peer_status().items() if why is not None}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _prepare(strategy: str, inplace: bool) -> tuple[Any, Loop, Callable[[Any], int], str]:
     cls = COUNTERS.get(strategy)
     if cls is not None:
@@ -243,19 +240,20 @@ def run(strategy: str, threads: int, ops: int, inplace: bool | int = False) -> d
 
     Raises ``TypeError`` for a threads or ops that is not an int,
     ``ValueError`` for an unknown or unavailable strategy, ``threads``
-    outside 1..MAX_THREADS or ``ops < 0``.
+    outside 1..MAX_THREADS or ``ops`` outside 0..2**40 (``percpu.workloads.MAX_OPS``).
     """
-    if not _is_int(threads):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-    if not _is_int(ops):
-        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
     if not isinstance(strategy, str):
         raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
-    if not 0 < threads <= MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
-    if ops < 0:
-        raise ValueError(f"ops must be >= 0, not {ops}")
+    _check_request(threads, ops)
     return _run(strategy, threads, ops, bool(inplace))
+
+
+def _check_request(threads: object, ops: object) -> None:
+    # percpu.workloads imports this module: its limit is looked up at call time.
+    from percpu.workloads import MAX_OPS
+
+    check_int(threads, "threads", 1, MAX_THREADS)
+    check_int(ops, "ops", 0, MAX_OPS)
 
 
 #: A time-bounded run looks at the clock after every this many increments.
@@ -334,7 +332,12 @@ def kernel(strategy: str, threads: int, ops: int, params: Mapping[str, int],
            duration_ns: int = 0) -> dict[str, Any]:
     """The workload's kernel for ``percpu.workloads`` (``params``: ``inplace``;
     ``duration_ns`` > 0: a time-bounded run, ``ops`` a cap)."""
-    result = _run(strategy, threads, ops, bool(params["inplace"]), duration_ns / 1e9)
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
+    _check_request(threads, ops)
+    check_mapping(params, "params")
+    check_int(duration_ns, "duration_ns", 0)
+    result = _run(strategy, threads, ops, bool(params.get("inplace", 0)), duration_ns / 1e9)
     result.pop("strategy")
     result["kernel"] = "python"
     return result
@@ -358,13 +361,22 @@ def _table(threads: list[int], ops: int, repeat: int) -> list[tuple[str, str, in
 def main(argv: list[str] | None = None) -> int:
     """``python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]``: a quick
     table of ns per increment (best of REPEAT runs) and lost updates."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else check_argv(argv) or ())
+    usage = "usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]"
     try:
+        if len(args) > 3:
+            raise ValueError(f"at most 3 arguments, not {len(args)}")
         threads = [int(t) for t in (args[0] if args else "1,2").split(",") if t]
         ops = int(args[1]) if len(args) > 1 else 200_000
         repeat = int(args[2]) if len(args) > 2 else 5
-    except ValueError:
-        print("usage: python -m percpu.pycounter [THREADS,...] [OPS] [REPEAT]", file=sys.stderr)
+        if not threads:
+            raise ValueError("THREADS lists no thread count")
+        for t in threads:
+            _check_request(t, ops)
+        if repeat < 1:
+            raise ValueError("REPEAT must be >= 1")
+    except ValueError as exc:
+        print(f"{usage}\npercpu.pycounter: error: {exc}", file=sys.stderr)
         return 2
     print(f"# {sys.implementation.name} {sys.version.split()[0]}, {ops} increments per thread, "
           f"best of {repeat}; ns per increment (all threads)")

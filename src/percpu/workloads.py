@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from percpu import pycounter
+from percpu._checks import check_int, check_mapping, check_str
 from percpu._core import MAX_THREADS
 from percpu._tbench import LAYOUT_CONTROLS
 from percpu.counters import COUNTERS
@@ -66,6 +67,7 @@ HOT_LINE_REFS: tuple[str, ...] = ("atomic", *REF_LAYOUTS)
 def ref_operations(strategy: str) -> str:
     """The ``percpu.REFS`` strategy whose operations reference strategy
     ``strategy`` runs (itself, or the one a layout control lays out)."""
+    check_str(strategy, "strategy")
     return REF_LAYOUTS.get(strategy, strategy)
 
 #: The largest ``ops`` per thread a run accepts, and the largest value of any
@@ -124,8 +126,17 @@ class Workload:
     hot_line: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+        check_str(self.name, "name")
+        if not self.name or "/" in self.name:
             raise ValueError(f"workload name must be a non-empty str without '/', not {self.name!r}")
+        check_str(self.description, "description")
+        if isinstance(self.strategies, (str, bytes)) or not isinstance(self.strategies, Iterable):
+            raise TypeError(f"strategies must be an iterable of str, not {type(self.strategies).__name__}")
+        for key in ("params", "minimums", "maximums", "unavailable"):
+            check_mapping(getattr(self, key), key)
+        if self.kernel is not None and not callable(self.kernel):
+            raise TypeError(f"kernel must be callable or None, not {type(self.kernel).__name__}")
+        check_str(self.baseline, "baseline")
         strategies = tuple(self.strategies)
         if not strategies and not self.unavailable:
             raise ValueError(f"workload {self.name!r} has no strategies")
@@ -135,11 +146,19 @@ class Workload:
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"workload {self.name!r} lists a strategy twice")
         for key, value in self.params.items():
+            check_str(key, "params key")
             if not _is_int(value):
                 raise ValueError(f"default of {self.name}.{key} must be an int, not {value!r}")
         for key in (*self.minimums, *self.maximums):
             if key not in self.params:
                 raise ValueError(f"bound given for unknown parameter {self.name}.{key}")
+        for bounds in ("minimums", "maximums"):
+            for key, value in getattr(self, bounds).items():
+                check_int(value, f"{bounds}[{key!r}]")
+        for key, value in self.unavailable.items():
+            check_str(value, f"unavailable[{key!r}]")
+        if isinstance(self.hot_line, (str, bytes)) or not isinstance(self.hot_line, Iterable):
+            raise TypeError(f"hot_line must be an iterable of str, not {type(self.hot_line).__name__}")
         hot = frozenset(self.hot_line)
         if hot - set(strategies) - set(self.unavailable):
             raise ValueError(f"hot_line of {self.name!r} names unknown strategies "
@@ -155,15 +174,22 @@ class Workload:
 
     def minimum(self, param: str) -> int:
         """Smallest valid value of ``param``."""
+        check_str(param, "param")
+        if param not in self.params:
+            raise ValueError(f"workload {self.name!r} has no parameter {param!r}")
         return self.minimums.get(param, 1)
 
     def maximum(self, param: str) -> int:
         """Largest valid value of ``param``."""
+        check_str(param, "param")
+        if param not in self.params:
+            raise ValueError(f"workload {self.name!r} has no parameter {param!r}")
         return self.maximums.get(param, MAX_OPS)
 
     def check_param(self, key: str, value: object) -> int:
         """``value`` as parameter ``key`` of this workload, or ``ValueError``
         (unknown name, out of range) / ``TypeError`` (not an int)."""
+        check_str(key, "key")
         if key not in self.params:
             valid = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "none"
             raise ValueError(
@@ -173,7 +199,7 @@ class Workload:
         low, high = self.minimum(key), self.maximum(key)
         if not _is_int(value):
             raise TypeError(
-                f"parameter {self.name}.{key} must be an int, not {type(value).__name__}"
+                f"the value of parameter {self.name}.{key} must be an int, not {type(value).__name__}"
             )
         assert isinstance(value, int)
         if not low <= value <= high:
@@ -198,7 +224,7 @@ WORKLOADS: dict[str, Workload] = {}
 def register(workload: Workload, *, replace: bool = False) -> Workload:
     """Add ``workload`` to ``WORKLOADS`` (``replace=True`` to redefine one)."""
     if not isinstance(workload, Workload):
-        raise TypeError(f"expected a Workload, not {type(workload).__name__}")
+        raise TypeError(f"workload must be a Workload, not {type(workload).__name__}")
     if workload.name in WORKLOADS and not replace:
         raise ValueError(f"workload {workload.name!r} is already registered")
     WORKLOADS[workload.name] = workload
@@ -381,7 +407,11 @@ def fairness(thread_ops: Iterable[int]) -> float | None:
     """Fewest ops over most ops among the threads of one time-bounded run:
     1.0 when every thread got as far as every other, 0.0 when one was starved
     completely. None for fewer than two threads, or when none did any op."""
+    if isinstance(thread_ops, (str, bytes)) or not isinstance(thread_ops, Iterable):
+        raise TypeError(f"thread_ops must be an iterable of ints, not {type(thread_ops).__name__}")
     counts = list(thread_ops)
+    for c in counts:
+        check_int(c, "thread_ops item", 0)
     if len(counts) < 2 or max(counts) <= 0:
         return None
     return min(counts) / max(counts)

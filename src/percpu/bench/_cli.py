@@ -9,6 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from percpu import workloads
+from percpu._checks import check_argv, check_str, check_strs
 from percpu.bench._harness import Output, Point, UsageError, plan, sweep
 from percpu.bench._presets import FAIRNESS_SECONDS, PRESETS, Preset, default_threads
 
@@ -91,6 +92,10 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
     """
     import pyperf
 
+    argv = check_argv(argv)
+    check_str(workload, "workload", optional=True)
+    program_args = check_strs(program_args, "program_args", optional=True)
+    check_str(prog, "prog", optional=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     # The output options are taken before pyperf sees them: the sweep writes
     # the file itself (atomically, after every point, with each point's
@@ -315,6 +320,8 @@ def instructions_command(argv: Sequence[str], out: Any = None) -> int:
 
 def script_main(workload: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of a benchmarks/ script: a sweep of one workload."""
+    check_str(workload, "workload")
+    check_argv(argv)
     if workload not in workloads.WORKLOADS:
         return _fail(f"unknown workload {workload!r} (valid: {', '.join(workloads.WORKLOADS)})")
     return run_command(argv, workload=workload)
@@ -322,6 +329,7 @@ def script_main(workload: str, argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m percpu.bench list|run ...``; returns the exit status."""
+    argv = check_argv(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(USAGE, file=sys.stderr)

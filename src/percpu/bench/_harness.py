@@ -15,6 +15,15 @@ import pyperf
 
 import percpu
 from percpu import workloads
+from percpu._checks import (
+    check_instance,
+    check_instances,
+    check_int,
+    check_mapping,
+    check_path,
+    check_str,
+    check_strs,
+)
 from percpu.bench._presets import FAIRNESS_SECONDS, default_threads
 
 __all__ = [
@@ -50,6 +59,13 @@ class Point:
     params: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_str(self.workload, "workload")
+        check_str(self.strategy, "strategy")
+        check_int(self.threads, "threads", 1, workloads.MAX_THREADS)
+        check_mapping(self.params, "params")
+        for key, value in self.params.items():
+            check_str(key, "params key")
+            check_int(value, f"params[{key!r}]")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
     @property
@@ -59,14 +75,17 @@ class Point:
 
 def bench_name(workload: str, strategy: str, threads: int) -> str:
     """``workload/strategy/tN``: the benchmark's name in the pyperf JSON."""
+    check_str(workload, "workload")
+    check_str(strategy, "strategy")
+    check_int(threads, "threads", 1)
     return f"{workload}/{strategy}/t{threads}"
 
 
-def _split(items: Iterable[str] | None) -> list[str] | None:
+def _split(items: Iterable[str] | None, name: str) -> list[str] | None:
     # Accept "a b", "a,b" and a mix: shells and tox files write both.
     if items is None:
         return None
-    out = [part.strip() for item in items for part in item.split(",")]
+    out = [part.strip() for item in check_strs(items, name) for part in item.split(",")]
     return [part for part in out if part]
 
 
@@ -85,7 +104,10 @@ def plan(
     skipped with a line in ``notes``. Raises ``UsageError`` with a one-line
     message for anything unknown or out of range.
     """
-    names = _split(workload_names) or list(workloads.WORKLOADS)
+    if notes is not None and not isinstance(notes, list):
+        raise TypeError(f"notes must be a list or None, not {type(notes).__name__}")
+    check_mapping(params, "params", optional=True)
+    names = _split(workload_names, "workload_names") or list(workloads.WORKLOADS)
     for name in names:
         if name not in workloads.WORKLOADS:
             raise UsageError(
@@ -94,9 +116,11 @@ def plan(
     names = list(dict.fromkeys(names))
     selected = [workloads.WORKLOADS[n] for n in names]
 
+    if threads is not None and not isinstance(threads, (list, tuple, range)):
+        raise TypeError(f"threads must be a list of ints or None, not {type(threads).__name__}")
     given = list(threads) if threads is not None else default_threads()
     if not given:
-        raise UsageError("no thread counts given")
+        raise UsageError("no thread counts given (--threads)")
     for n in given:
         try:
             workloads.check_threads(n)
@@ -104,7 +128,7 @@ def plan(
             raise UsageError(f"thread counts must be in 1..{workloads.MAX_THREADS}, not {n!r}") from None
     counts = sorted(set(given))
 
-    wanted = _split(strategies)
+    wanted = _split(strategies, "strategies")
     if wanted is not None:
         known = {s for w in selected for s in (*w.strategies, *w.unavailable)}
         for s in wanted:
@@ -131,6 +155,7 @@ def _params_per_workload(selected: Sequence[workloads.Workload],
                          params: Mapping[str, int]) -> dict[str, dict[str, int]]:
     out = {w.name: dict(w.params) for w in selected}
     for key, value in params.items():
+        check_str(key, "params key")
         target, _, pname = key.rpartition(".")
         hits = [w for w in selected if (not target or w.name == target) and pname in w.params]
         if not hits:
@@ -147,6 +172,7 @@ def point_metadata(point: Point) -> dict[str, Any]:
     """The contract metadata of a point (figures from a run come separately).
     ``percpu_hot_line`` is 1 where every op of the strategy writes a line all
     threads write (a shared count, a lock): where a thread can be starved."""
+    check_instance(point, Point, "point")
     workload = workloads.WORKLOADS[point.workload]
     return {
         "percpu_workload": point.workload,
@@ -173,9 +199,10 @@ def figures_metadata(result: Mapping[str, Any]) -> dict[str, Any]:
     pyperf metadata holds str, int and float only: booleans become 0/1, and
     values it cannot hold (lists, None, NaN, empty strings) are left out.
     """
+    check_mapping(result, "result")
     out: dict[str, Any] = {}
     for key, value in result.items():
-        if key in _NOT_FIGURES:
+        if not isinstance(key, str) or key in _NOT_FIGURES:
             continue
         if isinstance(value, bool):
             value = int(value)
@@ -193,6 +220,8 @@ def figures_metadata(result: Mapping[str, Any]) -> dict[str, Any]:
 def probe_ops(point: Point, events: int) -> int:
     """Ops per thread for the figures run: ``events`` times the largest
     ``*_every`` parameter, so latencies and churn counts average several."""
+    check_instance(point, Point, "point")
+    check_int(events, "events", 1)
     every = [v for k, v in point.params.items() if k.endswith("_every") and v > 0]
     return max(10_000, events * max(every, default=0))
 
@@ -210,7 +239,7 @@ def probe(point: Point, events: int, fairness_seconds: float = FAIRNESS_SECONDS)
     (1.0: perfectly fair), ``percpu_fairness_min_ops``/``_max_ops`` the two
     counts.
     """
-    ops = probe_ops(point, events)
+    ops = probe_ops(point, events)  # checks both
     result = workloads.run(point.workload, point.strategy, point.threads, ops, **point.params)
     meta = figures_metadata(result)
     meta["percpu_probe_ops"] = ops
@@ -225,6 +254,23 @@ def probe(point: Point, events: int, fairness_seconds: float = FAIRNESS_SECONDS)
     return meta
 
 
+def load_results_file(path: str, what: str) -> pyperf.BenchmarkSuite:
+    """An existing percpu.bench result (for ``--append``),
+    checked as the report checks it; ``UsageError`` with one line otherwise."""
+    from percpu.report.loading import ReportError, check_suite
+
+    try:
+        suite = pyperf.BenchmarkSuite.load(path)
+    except Exception as exc:  # pyperf reports bad JSON with assorted exception types
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise UsageError(f"{what} {path}: not a pyperf JSON file ({reason})") from None
+    try:
+        check_suite(path, suite)
+    except ReportError as exc:
+        raise UsageError(f"{what} {path}: {exc.message}") from None
+    return suite
+
+
 class Output:
     """A JSON file the sweep writes, whole, after every point.
 
@@ -236,6 +282,8 @@ class Output:
     """
 
     def __init__(self, path: str, mode: str) -> None:
+        check_path(path, "path")
+        check_str(mode, "mode")
         if mode not in ("new", "force", "append"):
             raise ValueError(f"mode must be new, force or append, not {mode!r}")
         self.path = path
@@ -255,10 +303,7 @@ class Output:
             if self.mode == "new":
                 raise UsageError(f"{path} exists: use --force to replace it or --append to add to it")
             if self.mode == "append":
-                try:
-                    self.suite = pyperf.BenchmarkSuite.load(path)
-                except Exception as exc:
-                    raise UsageError(f"cannot append to {path}: not a pyperf JSON file ({exc})") from None
+                self.suite = load_results_file(path, "cannot append to")
         # Access checks lie (root, read-only mounts): only a real file says.
         try:
             fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -268,10 +313,17 @@ class Output:
         os.unlink(tmp)
 
     def add(self, bench: pyperf.Benchmark) -> None:
+        """Add ``bench`` (its runs, to a benchmark of the same name) and save."""
+        check_instance(bench, pyperf.Benchmark, "bench")
         if self.suite is None:
             self.suite = pyperf.BenchmarkSuite([bench])
         else:
-            self.suite.add_runs(bench)
+            try:
+                self.suite.add_runs(bench)
+            except ValueError as exc:
+                # pyperf refuses runs of another machine or setup ("metadata
+                # aslr is different"): the file is left as it was.
+                raise UsageError(f"cannot add {bench.get_name()} to {self.path}: {exc}") from None
         self.points += 1
         self._save()
 
@@ -349,6 +401,10 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
     e.g. instruction counts measured beforehand) on the benchmark and saves
     every output. SIGINT stops the sweep, keeping the saved points (130).
     """
+    check_instance(runner, pyperf.Runner, "runner")
+    points = check_instances(points, Point, "points")
+    outputs = check_instances(outputs, Output, "outputs")
+    check_int(probe_events, "probe_events", 1)
     args = runner.parse_args()
     if args.worker:
         for point in points:
@@ -399,6 +455,10 @@ def sweep(runner: pyperf.Runner, points: Sequence[Point], outputs: Sequence[Outp
             try:
                 for out in outputs:
                     out.add(bench)
+            except UsageError as exc:
+                _say(f"error: {exc}")
+                status = 2
+                break
             finally:
                 interrupts.saving(False)
             done += 1

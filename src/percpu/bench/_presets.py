@@ -16,6 +16,10 @@ def default_threads(cpus: int | None = None) -> list[int]:
     a sweep shows both the scaling and what oversubscription does."""
     if cpus is None:
         cpus = _usable_cpus()
+    elif isinstance(cpus, bool) or not isinstance(cpus, int):
+        raise TypeError(f"cpus must be an int or None, not {type(cpus).__name__}")
+    elif not 1 <= cpus <= 1 << 20:
+        raise ValueError(f"cpus must be in 1..{1 << 20}, not {cpus}")
     top = max(1, 2 * cpus)
     counts = []
     n = 1

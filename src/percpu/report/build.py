@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from percpu._checks import check_path, check_paths, check_str, check_strs
 from percpu._tbench import SEED_GAINS, SEED_GAINS_X460, SEED_SOURCE
 from percpu.report import formatting as fmt
 from percpu.report import plots, stats
@@ -487,6 +488,11 @@ def write_report(
     temporary folder inside out, and the files are moved into place only once all
     of them exist, index.html last: a failure leaves out as it was.
     """
+    # Every argument is checked before anything is read or written.
+    check_paths(paths, "paths")
+    check_path(out, "out")
+    check_str(title, "title", optional=True)
+    check_strs(labels, "labels", optional=True)
     files = load_results(paths, labels)
     out = Path(out)
     if title is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from percpu._checks import check_instances
 from percpu._tbench import CONTROL_2005, LAYOUT_CONTROLS, PACKET_ORDER, SEED_GAINS, seed_threads
 from percpu.report import formatting as fmt
 from percpu.report import stats
@@ -393,6 +394,7 @@ def comparison(reference: ResultFile, other: ResultFile) -> list[str]:
 
 def compute_findings(files: Sequence[ResultFile]) -> list[str]:
     """Every finding, in reading order; file labels prefix them when there are several files."""
+    files = check_instances(files, ResultFile, "files")
     out: list[str] = []
     for f in files:
         mine: list[str] = []

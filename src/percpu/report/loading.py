@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from percpu._checks import check_instance, check_path, check_paths, check_str, check_strs
 from percpu.report import stats
 
 class ReportError(Exception):
@@ -61,6 +62,7 @@ class Point:
 
     def number(self, key: str) -> float | None:
         """A numeric metadata figure, or None when absent or not a number."""
+        check_str(key, "key")
         value = self.metadata.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -233,10 +235,63 @@ def _point_from(path: Path, label: str, bench: Any) -> Point:
     )
 
 
+def known_workloads() -> set[str]:
+    """The workload names a result may carry: the report's own, and any
+    registered with ``percpu.workloads`` in this process."""
+    known = set(WORKLOAD_ORDER)
+    try:
+        from percpu import workloads
+    except ImportError:  # the compiled core is not built: the report's list
+        return known
+    return known | set(workloads.WORKLOADS)
+
+
+def check_suite(path: str | Path, suite: Any, label: str | None = None) -> list[Point]:
+    """The points of a loaded pyperf suite, checked to be percpu.bench results
+    of one version of percpu, of known workloads, each with values; raises
+    ``ReportError`` (one line naming ``path``) otherwise."""
+    benches = suite.get_benchmarks()
+    if not benches:
+        raise ReportError(path, "contains no benchmarks")
+    points: list[Point] = []
+    seen: dict[tuple[str, str, int], str] = {}
+    for bench in benches:
+        try:
+            point = _point_from(Path(path), label or Path(path).stem, bench)
+        except ReportError:
+            raise
+        except Exception as exc:  # malformed runs inside a well-formed file
+            raise ReportError(path, f"malformed benchmark ({type(exc).__name__}: {exc})") from None
+        key = (point.workload, point.strategy, point.threads)
+        if key in seen:
+            raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
+        seen[key] = point.name
+        other = next((str(q.metadata["percpu_baseline"]) for q in points
+                      if q.workload == point.workload), None)
+        if other is not None and other != point.metadata["percpu_baseline"]:
+            raise ReportError(path, f"workload {point.workload!r} has points measured against "
+                              f"{other!r} and against {point.metadata['percpu_baseline']!r}")
+        points.append(point)
+    known = known_workloads()
+    for point in points:
+        if point.workload not in known:
+            raise ReportError(path, f"benchmark {point.name!r}: unknown workload {point.workload!r} "
+                                    f"(known: {', '.join(order_workloads(known))})")
+    # Points of different versions measure different code: a comparison is
+    # made between files, never inside one.
+    versions = {str(p.metadata.get("percpu_version", "unknown")) for p in points}
+    if len(versions) > 1:
+        raise ReportError(path, f"mixes results of percpu versions {', '.join(sorted(versions))}; "
+                                "keep one version per file")
+    return points
+
+
 def load_file(path: str | Path, label: str | None = None) -> ResultFile:
     """Load one pyperf JSON file (``.json`` or ``.json.gz``) of percpu.bench results."""
     import pyperf  # a dependency of the package, but only needed here
 
+    check_path(path, "path")
+    check_str(label, "label", optional=True)
     path = Path(path)
     if not path.exists():
         raise ReportError(path, "no such file")
@@ -248,27 +303,8 @@ def load_file(path: str | Path, label: str | None = None) -> ResultFile:
         raise ReportError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # pyperf reports bad JSON with assorted exception types
         raise ReportError(path, f"not pyperf JSON ({type(exc).__name__}: {exc})") from None
-    benches = suite.get_benchmarks()
-    if not benches:
-        raise ReportError(path, "contains no benchmarks")
     result = ResultFile(path=path, label=label or path.stem)
-    seen: dict[tuple[str, str, int], str] = {}
-    for bench in benches:
-        try:
-            point = _point_from(path, result.label, bench)
-        except ReportError:
-            raise
-        except Exception as exc:  # malformed runs inside a well-formed file
-            raise ReportError(path, f"malformed benchmark ({type(exc).__name__}: {exc})") from None
-        key = (point.workload, point.strategy, point.threads)
-        if key in seen:
-            raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
-        seen[key] = point.name
-        other = result.baseline(point.workload)
-        if other is not None and other != point.metadata["percpu_baseline"]:
-            raise ReportError(path, f"workload {point.workload!r} has points measured against "
-                              f"{other!r} and against {point.metadata['percpu_baseline']!r}")
-        result.points.append(point)
+    result.points = check_suite(path, suite, result.label)
     # The machine and the run are the same for every point of a file; where a
     # field does drift (pyperf's date, load average) the first point stands for all.
     result.metadata = dict(result.points[0].metadata)
@@ -299,6 +335,8 @@ def unique_labels(paths: Sequence[Path]) -> list[str]:
 
 def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[ResultFile]:
     """Load and validate every file; raises ReportError for the first bad one."""
+    paths = check_paths(paths, "paths")
+    labels = check_strs(labels, "labels", optional=True)
     if not paths:
         raise ReportError("-", "no input files")
     as_paths = [Path(p) for p in paths]
