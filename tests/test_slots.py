@@ -246,7 +246,7 @@ UNREGISTERED = """
         "c": c.value(), "c_expected": hc + 3000, "per_cpu_sum": int(c.per_cpu().sum()),
         "a": a.value(), "a_expected": ha + 9000,
         "neighbours": [x.value() for x in before + after],
-        "neighbour_slots": [int(abs(x.per_cpu()).sum()) for x in before + after],
+        "neighbour_slots": [sum(abs(int(v)) for v in x.per_cpu()) for x in before + after],
         "released": [r.released for r in refs.values()],
     }))
 """
