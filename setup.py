@@ -1,8 +1,11 @@
 """The Extension list: pyx/<name>.pyx -> percpu._<name>.
 
-PERCPU_DEBUG=1 builds with bounds checks on and -O0 -g; PERCPU_SANITIZE=address,undefined
-(or thread) adds the sanitizers; PERCPU_MUTANTS=1 compiles in the known-bad variants of
-pyx/include/percpu/mutant.h, chosen at run time by PERCPU_MUTANT=<name> (tools/mutants.py).
+PERCPU_DEBUG=1 builds with bounds checks on and -O0 -g, and defines
+PERCPU_DEBUG_HANDLES (the pool refuses stale handles: pyx/include/percpu/pool.h);
+PERCPU_SANITIZE=address,undefined (or thread) adds the sanitizers;
+PERCPU_BUILD_ONLY=alloc,core builds only the modules named; PERCPU_MUTANTS=1
+compiles in the known-bad variants of pyx/include/percpu/mutant.h, chosen at
+run time by PERCPU_MUTANT=<name> (tools/mutants.py).
 """
 import os
 import shutil
@@ -18,9 +21,19 @@ MODULES = ["core", "alloc", "counters", "refs", "lab", "workloads"]
 DEBUG = os.environ.get("PERCPU_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("PERCPU_SANITIZE", "")
 MUTANTS = os.environ.get("PERCPU_MUTANTS", "") not in ("", "0")
+ONLY = [m.strip() for m in os.environ.get("PERCPU_BUILD_ONLY", "").split(",") if m.strip()]
+unknown = sorted(set(ONLY) - set(MODULES))
+if unknown:
+    raise SystemExit(f"PERCPU_BUILD_ONLY: unknown module(s) {', '.join(unknown)}; "
+                     f"valid: {', '.join(MODULES)}")
 
 cflags = ["-O0", "-g"] if DEBUG else ["-O2"]
 ldflags = []
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if DEBUG:
+    macros.append(("PERCPU_DEBUG_HANDLES", "1"))
+if MUTANTS:
+    macros.append(("PERCPU_MUTANTS", "1"))
 if SANITIZE:
     cflags += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
     ldflags += [f"-fsanitize={SANITIZE}"]
@@ -29,13 +42,16 @@ directives = {"boundscheck": DEBUG, "wraparound": DEBUG, "initializedcheck": DEB
 
 
 class build_py_with_header(build_py):
-    """Ships pyx/include/ (percpu.h and the headers it includes) inside the
-    package for users who cimport."""
+    """Ships pyx/include/ (percpu.h and every header it includes) inside the
+    package, as percpu/include/, for users who cimport."""
 
     def run(self):
         super().run()
         dest = Path(self.build_lib) / "percpu" / "include"
-        shutil.copytree(HERE / "pyx" / "include", dest, dirs_exist_ok=True)
+        # From scratch: a header renamed or removed in the tree must not
+        # linger in a reused build directory, where an #include could find it.
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(HERE / "pyx" / "include", dest)
 
 
 def render_templates():
@@ -52,22 +68,29 @@ def render_templates():
 
 render_templates()
 
+# Every module includes the headers and may cimport any .pxd: a change to one
+# must rebuild the C of all (setuptools compares these with each extension).
+DEPENDS = sorted(str(p) for p in [*(HERE / "pyx" / "include").rglob("*.h"),
+                                   *(HERE / "src" / "percpu").glob("*.pxd")])
+
 extensions = [
     Extension(
         f"percpu._{name}",
         [f"pyx/{name}.pyx"],
+        depends=DEPENDS,
         include_dirs=["pyx/include", numpy.get_include()],
         extra_compile_args=cflags,
         extra_link_args=ldflags,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-        + ([("PERCPU_MUTANTS", "1")] if MUTANTS else []),
+        define_macros=macros,
     )
     for name in MODULES
-    if (HERE / "pyx" / f"{name}.pyx").exists()
+    if (HERE / "pyx" / f"{name}.pyx").exists() and (not ONLY or name in ONLY)
 ]
 
-# cythonize looks for pyx/<name>.pxd; the module's own declarations live in
-# src/percpu/_<name>.pxd, so drop the generated C when that file is newer.
+# Cython tracks the .pxd files a module cimports, but finds a module's own
+# declarations by file name (pyx/<name>.pxd), while they live beside the
+# package as src/percpu/_<name>.pxd (where users cimport them from): drop the
+# generated C when that file is newer, so that cythonize writes it again.
 for name in MODULES:
     pxd, c_file = HERE / "src" / "percpu" / f"_{name}.pxd", HERE / "pyx" / f"{name}.c"
     if pxd.exists() and c_file.exists() and pxd.stat().st_mtime > c_file.stat().st_mtime:

@@ -1,11 +1,18 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._refs: reference counts (AtomicRef, BigRef, PercpuRef).
 
 The struct, the inline fast paths and the documented nogil C API are in
 src/percpu/_refs.pxd; this module holds the out-of-line paths (slow and cold:
 the mode switches, the grace period, the fold, the release), the Python
 classes. The native-thread kernels that drive it live in the lab (pyx/lab.pyx).
+
+Without a GIL (``freethreading_compatible``) nothing changes for them: the
+fast paths were written for nogil threads already, every switch runs under
+the reference's own lock, and the release callback runs once, in the thread
+whose put won the release bit.
 """
+cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
@@ -52,6 +59,9 @@ cdef inline void _state_clear(pc_ref *r, int32_t bits) noexcept nogil:
 cdef void _lock(pc_ref *r) noexcept nogil:
     cdef int32_t free_
     cdef int spins = 0
+    # Through the fork gate: fork() waits until no switch lock is held
+    # (registry.h), so a child never inherits one held by a thread it lacks.
+    pc_fork_gate_enter(r.reg)
     while True:
         free_ = 0
         # Acquire: the new holder sees the mode, count and slots as the
@@ -70,32 +80,63 @@ cdef void _lock(pc_ref *r) noexcept nogil:
 cdef inline void _unlock(pc_ref *r) noexcept nogil:
     # Release: pairs with the next _lock's acquire.
     pc_store_i32(&r.lock, 0, PC_RELEASE)
+    pc_fork_gate_leave(r.reg)
 
 
 # ---------------------------------------------------------------------------
 # The release and the shared count
 
 cdef int _release(pc_ref *r) noexcept nogil:
-    # The state bit is the one decision on who runs the callback, so that even
-    # a misused count (puts after reinit races, a put after a clamp) cannot
-    # release twice. Seq_cst: a holder that announces itself and then checks
+    # Called by the one thread that moved the count to PCREF_DEAD; the state
+    # bit stays a second guard, so that even a misused count cannot release
+    # twice. Seq_cst: a holder that announces itself and then checks
     # `released` (as the stress test does) must see one or be seen.
-    cdef int32_t old = _state_or(r, PCREF_RELEASED, PC_SEQ_CST)
-    if old & PCREF_RELEASED and not pc_mutant(PC_MUT_RELEASE_TWICE):
+    #
+    # The callback may free the struct that holds r (or reinit r): r is read
+    # before it and never touched after it. Without a callback the release is
+    # complete at once, so DONE goes in with RELEASED (one store: a thread
+    # that frees r on seeing either bit cannot race a second one).
+    cdef pc_ref_release_fn fn = r.release
+    cdef void *ctx = r.ctx
+    cdef int32_t old = _state_or(r, PCREF_RELEASED if fn != NULL else PCREF_RELEASED | PCREF_DONE,
+                                 PC_SEQ_CST)
+    if old & PCREF_RELEASED:
         return 0
-    if r.release != NULL:
-        r.release(r.ctx)
-    # Release: a waiter that sees DONE sees what the callback did.
-    _state_or(r, PCREF_DONE, PC_RELEASE)
+    if fn != NULL:
+        fn(ctx)
     return 1
+
+
+cdef int _decide_release(pc_ref *r, int64_t c) noexcept nogil:
+    # The count was seen at c <= 0 with nobody holding a reference: release,
+    # if this thread moves it to PCREF_DEAD first. From there a get (misused:
+    # it needs a reference) lands deep below zero and fails, and tryget
+    # refuses: no increment can make a released count positive again.
+    # A count that went back above zero was taken by a get (without a
+    # reference of its own, so misused, but nobody else holds one): that
+    # holder's put releases it later. Returns 1 released, 0 revived,
+    # PCREF_ERR_STATE already released (only a misused put gets there).
+    while True:
+        if c > 0:
+            return 0
+        if c <= PCREF_DEAD_ZONE:
+            return PCREF_ERR_STATE
+        # Acquire: the count's history of release-ordered puts (a release
+        # sequence that this CAS reads from) comes before the callback.
+        if pc_cas_i64(&r.count, &c, PCREF_DEAD, PC_ACQUIRE, PC_RELAXED):
+            return 1 if _release(r) else PCREF_ERR_STATE
 
 
 cdef int pcref_put_last(pc_ref *r, int64_t old) noexcept nogil:
     if old == 1:
-        # Acquire: pairs with the release of every earlier put, so every
-        # holder's use of the object happens before the callback.
-        pc_fence(PC_ACQUIRE)
-        return 1 if _release(r) else PCREF_ERR_STATE
+        # Ours was the last reference; the release is decided on the count
+        # (_decide_release), not by the decrement alone, so that a misused
+        # get in between cannot hand a tryget a reference to a released
+        # object.
+        if pc_mutant(PC_MUT_RELEASE_KEEPS_COUNT):
+            pc_fence(PC_ACQUIRE)
+            return 1 if _release(r) else PCREF_ERR_STATE
+        return _decide_release(r, 0)
     # The count was already zero (released) or below: put it back, so that
     # tryget keeps refusing and the caller learns of the extra put.
     pc_fetch_add_i64(&r.count, 1, PC_RELAXED)
@@ -125,21 +166,46 @@ cdef inline int _shared_tryget(pc_ref *r) noexcept nogil:
     return 0
 
 
+cdef int _shared_tryget_live(pc_ref *r) noexcept nogil:
+    # Any thread may come here at any time: shared mode, a registry that is
+    # full, rseq sections aborted time after time. No grace period waits for
+    # it, so kill() may run entirely between a mode check and the increment.
+    # Hence check, increment, and check again: kill stores PCREF_MODE_DEAD
+    # (seq_cst) and then fences (seq_cst) before its first access to the count.
+    # If the second check (seq_cst) does not see DEAD, it precedes that store
+    # in the single total order, so does our increment (seq_cst CAS), and the
+    # kill's fold, its put and every value() after it count our reference. If
+    # it does see DEAD, our reference came too late: give it back.
+    cdef int64_t c
+    # Relaxed: a cheap early refusal; the check that decides is below.
+    if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD:
+        return 0
+    c = pc_load_i64(&r.count, PC_RELAXED)
+    while True:
+        if c <= 0:
+            return 0
+        if pc_cas_i64(&r.count, &c, c + 1, PC_SEQ_CST, PC_RELAXED):
+            break
+    if pc_load_i32(&r.mode, PC_SEQ_CST) != PCREF_MODE_DEAD:
+        return 1
+    # This put may be the last one (everybody else let go meanwhile) and run
+    # the release callback, which may free r: nothing touches r after it.
+    pcref_shared_put(r)
+    return 0
+
+
 cdef int _shared_op(pc_ref *r, int op) noexcept nogil:
     # Always right, in any mode: in per-CPU mode the bias keeps the count
     # far from zero and the fold adds the slots to it.
     if op == PCREF_OP_GET:
-        # Relaxed: see atomicref_get.
-        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) > 0):
+        # Relaxed: see atomicref_get (which explains ">= 0").
+        if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) >= 0):
             return 0
         return pcref_undo_get(r)
     if op == PCREF_OP_PUT:
         return pcref_shared_put(r)
-    # Relaxed: kill stores DEAD before it drops the initial reference; a
-    # tryget_live that reads an older mode is ordered before the kill.
-    if (op == PCREF_OP_TRYGET_LIVE and pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_DEAD
-            and not pc_mutant(PC_MUT_TRYGET_LIVE_AFTER_KILL)):
-        return 0
+    if op == PCREF_OP_TRYGET_LIVE and not pc_mutant(PC_MUT_TRYGET_LIVE_AFTER_KILL):
+        return _shared_tryget_live(r)
     return _shared_tryget(r)
 
 
@@ -171,7 +237,7 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
     if rec != NULL and pc_mutant(PC_MUT_SECTION_SKIPPED):
         rec = NULL
         if pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
-            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_cpu() * r.stride), v,
+            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_slot() * r.stride), v,
                              PC_RELAXED)
             return committed
     if rec != NULL:
@@ -184,7 +250,7 @@ cdef int pcref_slow(pc_ref *r, int op) noexcept nogil:
             # (stale cpu ids, per-thread fallback ids). Relaxed: the slots
             # only feed the fold, which reads them after the grace period;
             # pc_section_exit's release store orders this add before it.
-            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_cpu() * r.stride), v,
+            pc_fetch_add_i64(<int64_t *>(r.base + <size_t>pc_current_slot() * r.stride), v,
                              PC_RELAXED)
             pc_section_exit(rec)
             return committed
@@ -219,7 +285,11 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
     # sections.
     if not pc_mutant(PC_MUT_NO_GRACE_PERIOD):
         pc_synchronize(r.reg)
-    n = pc_nr_cpus()
+    # Only the slots in use can hold anything (see pc_proc in percpu/cpu.h):
+    # an add that committed raised the bound (or saw it raised) before it
+    # wrote, and the grace period made that add, and so the raise, visible
+    # here.
+    n = pc_slots_in_use(&r.reg.proc)
     for c in range(n):
         # Relaxed: nobody writes the slots any more, and the grace period
         # made every committed add visible to us.
@@ -232,13 +302,9 @@ cdef int64_t _leave_percpu(pc_ref *r, int32_t new_mode) noexcept nogil:
 cdef int _underflow(pc_ref *r) noexcept nogil:
     # The fold found fewer references than the initial one the switch still
     # counts on: more puts than gets. The count says nobody holds it, so
-    # release it (once) and report; clamp to zero so tryget refuses.
-    cdef int64_t c = pc_load_i64(&r.count, PC_RELAXED)
-    while c < 0:
-        if pc_cas_i64(&r.count, &c, 0, PC_ACQ_REL, PC_RELAXED):
-            break
-    pc_fence(PC_ACQUIRE)
-    _release(r)
+    # release it (once, moving it to PCREF_DEAD so tryget refuses) and report.
+    # r may be gone after the release: the return code is all that is left.
+    _decide_release(r, pc_load_i64(&r.count, PC_RELAXED))
     return PCREF_ERR_UNDERFLOW
 
 
@@ -267,9 +333,18 @@ cdef int ref_kill_and_confirm(pc_ref *r, pc_ref_release_fn confirm, void *confir
             n = _leave_percpu(r, PCREF_MODE_DEAD)
         else:
             # Already shared (switch_to_atomic): no slot holds anything.
+            # The fence orders the store before our accesses to the count,
+            # which _shared_tryget_live relies on (in per-CPU mode the grace
+            # period fences: membarrier() or a seq_cst fence).
             pc_store_i32(&r.mode, PCREF_MODE_DEAD, PC_SEQ_CST)
+            pc_fence(PC_SEQ_CST)
         _unlock(r)
         if n <= 0:
+            # More puts than gets: the release below is not the caller's to
+            # stop, but the shared mode is in force, so confirm still runs
+            # first, as it does on every other path.
+            if confirm != NULL:
+                confirm(confirm_ctx)
             return _underflow(r)
     # The initial reference is still held: nothing can be released before
     # confirm has run.
@@ -334,9 +409,11 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
     if r.kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
     _lock(r)
-    # DONE, not only RELEASED: a reinit from inside the callback would have
-    # its state overwritten when the callback returns.
-    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_DONE):
+    # RELEASED: the count is PCREF_DEAD and nobody holds a reference. The
+    # release callback may be running still (a reinit from inside it is
+    # fine: the library does not touch r after calling it); waiting for it
+    # is the caller's business (the Python class waits for PCREF_DONE).
+    if not (pc_load_i32(&r.state, PC_ACQUIRE) & PCREF_RELEASED):
         _unlock(r)
         return PCREF_ERR_STATE
     # Nobody holds a reference and the slots were cleared by the fold that
@@ -351,7 +428,8 @@ cdef int ref_reinit(pc_ref *r) noexcept nogil:
 cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     cdef int64_t v
     if r.kind == PCREF_ATOMIC:
-        return pc_load_i64(&r.count, PC_RELAXED)
+        v = pc_load_i64(&r.count, PC_RELAXED)
+        return 0 if v <= PCREF_DEAD_ZONE else v
     # Under the lock no fold is half done: either the bias is in the count
     # and the slots hold their share, or the count holds everything.
     _lock(r)
@@ -359,7 +437,8 @@ cdef int64_t ref_value(pc_ref *r) noexcept nogil:
     if pc_load_i32(&r.mode, PC_RELAXED) == PCREF_MODE_PERCPU:
         v += pc_percpu_sum(r.base, r.stride) - PCREF_BIAS
     _unlock(r)
-    return v
+    # Released: PCREF_DEAD, plus any misused gets in flight.
+    return 0 if v <= PCREF_DEAD_ZONE else v
 
 
 cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
@@ -367,7 +446,8 @@ cdef bint ref_is_zero(pc_ref *r) noexcept nogil:
     # the bias in its count, so it cannot read as zero by mistake.
     if r.kind != PCREF_ATOMIC and pc_load_i32(&r.mode, PC_ACQUIRE) == PCREF_MODE_PERCPU:
         return False
-    return pc_load_i64(&r.count, PC_ACQUIRE) == 0
+    # Zero on its way to release, or PCREF_DEAD (released).
+    return pc_load_i64(&r.count, PC_ACQUIRE) <= 0
 
 
 cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
@@ -375,9 +455,10 @@ cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
     cdef int64_t h
     memset(r, 0, sizeof(pc_ref))
     # Until it is set up, the struct reads as released and off the per-CPU
-    # mode, so no path can reach the (absent) slots.
+    # mode, so no path can reach the (absent) slots, and every get fails.
     r.mode = PCREF_MODE_DEAD
     r.state = PCREF_RELEASED | PCREF_DONE
+    r.count = PCREF_DEAD
     r.reg = _registry
     if kind != PCREF_ATOMIC and kind != PCREF_BIGREF and kind != PCREF_PERCPU:
         return PCREF_ERR_ARG
@@ -427,10 +508,21 @@ cdef void _call_noexcept(object fn) noexcept:
     fn()
 
 
+cdef void _py_release_done(void *ctx) noexcept:
+    # The library does not touch the struct once it has called us; the
+    # Python object records the end of on_release itself, for wait_released()
+    # and reinit(). `self` holds a new reference: on_release may drop the
+    # last other one, and the object must outlive the store below.
+    cdef _Ref self = <_Ref>ctx
+    _call_noexcept(self.on_release)
+    # Release: a waiter that sees DONE sees what the callback did.
+    _state_or(&self.c, PCREF_DONE, PC_RELEASE)
+
+
 cdef void _py_release(void *ctx) noexcept nogil:
     # The only place a native thread takes the GIL: the last put.
     with gil:
-        _call_noexcept((<_Ref>ctx).on_release)
+        _py_release_done(ctx)
 
 
 cdef void _py_confirm(void *ctx) noexcept nogil:
@@ -449,27 +541,57 @@ cdef int ref_kind_of(object name) except -1:
     return kind
 
 
-cdef int _setup(_Ref self, int kind, object on_release, object pool) except -1:
-    cdef pc_pool *p = NULL
-    cdef pc_ref_release_fn release = NULL
+cdef int _setup(_Ref self, int kind) except -1:
+    """From __cinit__: a live reference without a callback, its slots (if
+    any) on the default pool; __init__ then applies the arguments."""
+    cdef PerCPUPool pool = None
     cdef int rc
-    if on_release is not None and not callable(on_release):
-        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
     if kind != PCREF_ATOMIC:
-        if pool is None:
-            pool = default_pool()
-        elif not isinstance(pool, PerCPUPool):
-            raise TypeError(f"pool must be a PerCPUPool, not {type(pool).__name__}")
-        p = (<PerCPUPool>pool).c
-    if on_release is not None:
-        release = _py_release
-    rc = ref_init(&self.c, kind, p, False, release, <void *>self)
+        pool = default_pool()
+    rc = ref_init(&self.c, kind, pool.c if pool is not None else NULL, False, NULL, NULL)
     if rc == PCREF_ERR_NOMEM:
         raise MemoryError("percpu: the pool cannot hold another reference")
     if rc != 0:
         raise ValueError(f"percpu: cannot set up the reference (error {rc})")
-    self.on_release = on_release
     self.pool = pool
+    return 0
+
+
+cdef int _configure(_Ref self, object on_release, object pool) except -1:
+    """__init__: checks the arguments, then moves the slots to ``pool`` (when
+    given) and installs ``on_release``. Runs once."""
+    cdef int64_t h
+    cdef pc_pool *p
+    if on_release is not None and not callable(on_release):
+        raise TypeError(f"on_release must be callable or None, not {type(on_release).__name__}")
+    if pool is not None and not isinstance(pool, PerCPUPool):
+        raise TypeError(f"pool must be a PerCPUPool or None, not {type(pool).__name__}")
+    if self._configured:
+        raise RuntimeError(f"{type(self).__name__}.__init__() was already called: "
+                           "a reference is configured once")
+    if pool is not None and pool is not self.pool:
+        # Only an untouched reference moves: one made with __new__ and used
+        # before __init__ may have counts in its slots or threads inside it.
+        if pc_load_i32(&self.c.state, PC_RELAXED) != 0 or ref_value(&self.c) != 1:
+            raise RuntimeError(f"cannot move a {type(self).__name__} that is already in use "
+                               "to another pool")
+        p = (<PerCPUPool>pool).c
+        h = pcpool_alloc(p, sizeof(int64_t), sizeof(int64_t), False)
+        if h < 0:
+            raise MemoryError("percpu: the pool cannot hold another reference")
+        # The slots are all zero (value 1 is the initial reference, in the
+        # shared count) and nobody else has seen them: swap them for the new.
+        pcpool_free(self.c.pool, self.c.handle)
+        self.c.pool = p
+        self.c.handle = h
+        self.c.base = pcpool_ptr(p, h, 0)
+        self.c.stride = pcpool_stride(p)
+        self.pool = pool
+    if on_release is not None:
+        self.on_release = on_release
+        self.c.ctx = <void *>self
+        self.c.release = _py_release
+    self._configured = True
     return 0
 
 
@@ -484,14 +606,45 @@ cdef int _check(int rc, str what) except -1:
     raise RuntimeError(f"{what}: failed (error {rc})")
 
 
+# Timeouts from this many seconds on (about 136 years) wait forever: the
+# deadline in ns must stay far from the int64 limit.
+cdef object _WAIT_FOREVER_S = 1 << 32
+
+
+cdef bint _wait_forever(object timeout) except -1:
+    """Checks ``timeout`` for wait_released; True when it means no deadline."""
+    if timeout is None:
+        return True
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds, not NaN")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    # Compared as Python numbers: an int too large for a float is fine too.
+    return timeout >= _WAIT_FOREVER_S
+
+
+@cython.no_gc_clear
 cdef class _Ref:
-    """Common part of the reference classes (not instantiated directly)."""
+    """Common part of the reference classes (not instantiated directly).
+
+    Construction: each class's ``__cinit__`` takes any arguments and ignores
+    them (they belong to ``__init__``, a subclass's own included) and makes a
+    live reference without a callback, its slots on the default pool;
+    ``__init__`` checks ``on_release`` and ``pool`` and applies them, once.
+    A subclass that never calls ``super().__init__()`` still has a working
+    reference. ``no_gc_clear``: ``__dealloc__`` gives the slots back to the
+    pool that ``self.pool`` keeps alive, and a release may call
+    ``self.on_release``; the collector must not drop either first.
+    """
 
     def __cinit__(self, *args, **kwargs):
         # Until a subclass sets it up the struct reads as released.
         self.c.mode = PCREF_MODE_DEAD
         self.c.kind = PCREF_ATOMIC
         self.c.state = PCREF_RELEASED | PCREF_DONE
+        self.c.count = PCREF_DEAD
 
     def __dealloc__(self):
         ref_destroy(&self.c)
@@ -539,22 +692,21 @@ cdef class _Ref:
     def wait_released(self, timeout=None) -> bool:
         """Wait until the release callback has returned; False on timeout.
 
-        The GIL is released while waiting; signals (Ctrl-C) are handled.
+        ``timeout``: seconds (int or float, >= 0), or None to wait for as long
+        as it takes; a timeout too long to matter (``inf``, ``1e300``) is the
+        same as None. The GIL is released while waiting; signals (Ctrl-C)
+        are handled.
         """
         cdef int64_t deadline = 0, now, nap = 10000
+        cdef bint forever = _wait_forever(timeout)
         cdef timespec ts
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-            t = float(timeout)
-            if t != t:
-                raise ValueError("timeout must be a number, not NaN")
-            deadline = pc_now_ns() + <int64_t>(max(t, 0.0) * 1e9)
+        if not forever:
+            deadline = pc_now_ns() + <int64_t>(float(timeout) * 1e9)
         while True:
             if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
                 return True
             now = pc_now_ns()
-            if timeout is not None:
+            if not forever:
                 if now >= deadline:
                     return False
                 if deadline - now < nap:
@@ -575,8 +727,11 @@ cdef class _Ref:
 cdef class AtomicRef(_Ref):
     """One shared atomic count (kref): every get/put is a locked add."""
 
-    def __cinit__(self, on_release=None):
-        _setup(self, PCREF_ATOMIC, on_release, None)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_ATOMIC)
+
+    def __init__(self, on_release=None):
+        _configure(self, on_release, None)
 
     def get(self) -> None:
         if atomicref_get(&self.c) != 0:
@@ -596,8 +751,11 @@ cdef class BigRef(_Ref):
     fold the per-CPU counts in and drop the initial reference.
     """
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_BIGREF, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_BIGREF)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_fast(self) -> bool:
         """Whether get/put still go to the per-CPU counts."""
@@ -607,8 +765,11 @@ cdef class BigRef(_Ref):
 cdef class PercpuRef(_Ref):
     """Linux percpu_ref: per-CPU counts that switch to one shared count."""
 
-    def __cinit__(self, on_release=None, *, pool=None):
-        _setup(self, PCREF_PERCPU, on_release, pool)
+    def __cinit__(self, *args, **kwargs):
+        _setup(self, PCREF_PERCPU)
+
+    def __init__(self, on_release=None, *, pool=None):
+        _configure(self, on_release, pool)
 
     def is_percpu(self) -> bool:
         """Whether get/put go to the per-CPU counts."""
@@ -653,9 +814,13 @@ cdef class PercpuRef(_Ref):
 
     def reinit(self) -> None:
         """Start a released reference over: live, per-CPU, one reference."""
-        cdef int rc
-        with nogil:
-            rc = ref_reinit(&self.c)
+        cdef int rc = PCREF_ERR_STATE
+        # Once on_release has returned (DONE), not only released: the
+        # callback must not find its object live again, and its end must not
+        # mark the new life as done.
+        if pc_load_i32(&self.c.state, PC_ACQUIRE) & PCREF_DONE:
+            with nogil:
+                rc = ref_reinit(&self.c)
         _check(rc, "reinit() needs a released reference; reinit()")
 
     def is_zero(self) -> bool:

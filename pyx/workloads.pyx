@@ -1,25 +1,34 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._workloads: the nogil kernels of the four workloads.
 
-``run_<name>(strategy, threads, ops, params) -> dict``; ``ops`` is per thread.
+``run_<name>(strategy, threads, ops, params, duration_ns=0) -> dict``; ``ops``
+is per thread. With ``duration_ns`` > 0 every thread stops at its first check
+of the clock (every PC_TEAM_POLL ops) after that long, ``ops`` is a cap, and
+``thread_ops`` says how far each thread got.
+Callers go through ``percpu.workloads.run``, which validates the request once
+(strategy, thread count, every parameter present and in range, from the
+workload's registry entry); these kernels trust what they are given.
 Every kernel is specialised per strategy at compile time: the strategy is a
 fused "tag" type, and ``if Kind is Tag`` branches are resolved by Cython when
 it writes each specialisation, so the strategy's inline fast path is compiled
 into the loop and the choice costs nothing per op. The team gets one plain C
 function per specialisation, picked once per run. Slow paths (reads, churn,
 unregister) live in separate functions the loops call rarely.
+
+Every run builds its own objects and C state, so runs may start from many
+Python threads at once with no GIL (``freethreading_compatible``).
 """
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from collections.abc import Mapping
 
 from percpu.cpercpu cimport *
-from percpu._team cimport pc_kernel_fn, pc_run_team
+from percpu._team cimport PC_TEAM_POLL, pc_kernel_fn, pc_run_team, pc_team_expired
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
-    ApproxCounter, AtomicCounter, LockedCounter, PerCPUCounter, PerThreadCounter,
+    ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
     RacyCounter, StripedCounter, pc_approx_counter, pc_cell, pc_locked_counter,
     pc_percpu_counter, pc_perthread_counter, pc_striped_counter,
     pc_atomic_counter_add, pc_racy_counter_add, pc_cell_read, pc_locked_counter_add,
@@ -59,49 +68,29 @@ cdef inline uint32_t _pick(uint64_t r, uint32_t n) noexcept nogil:
     return <uint32_t>(((r >> 32) * <uint64_t>n) >> 32)
 
 
-cdef int _as_threads(threads) except -1:
-    if not isinstance(threads, int) or isinstance(threads, bool):
-        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-    if threads <= 0 or threads > PC_MAX_THREADS:
-        raise ValueError(f"threads must be in 1..{PC_MAX_THREADS}, not {threads}")
-    return threads
-
-
-cdef int64_t _as_ops(ops) except -1:
-    if not isinstance(ops, int) or isinstance(ops, bool):
-        raise TypeError(f"ops must be an int, not {type(ops).__name__}")
-    if ops < 0 or ops > (1 << 40):
-        raise ValueError(f"ops must be in 0..2**40, not {ops}")
-    return ops
-
-
-cdef dict _params(params, dict defaults, dict minimums):
-    """Defaults filled in; unknown keys and bad values refused."""
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping, not {type(params).__name__}")
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; "
-                         f"valid: {', '.join(defaults)}")
-    out = dict(defaults)
-    for k, v in params.items():
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise TypeError(f"parameter {k} must be an int, not {type(v).__name__}")
-        if v < minimums.get(k, 1) or v > (1 << 40):
-            raise ValueError(f"parameter {k} must be in {minimums.get(k, 1)}..2**40, not {v}")
-        out[k] = v
-    return out
+cdef bint _pinned():
+    # PERCPU_PIN=1: thread i runs on the i-th CPU the process may use. On a
+    # machine other work shares, the scheduler may stack a fresh team on one
+    # CPU for a whole short run, and then nothing contends; pinning spreads
+    # it. Read per run, so the harness passes it on to pyperf's workers.
+    from os import environ
+    return environ.get("PERCPU_PIN", "") not in ("", "0")
 
 
 cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
-                       int64_t *done) except -1:
+                       int64_t *done, int64_t duration_ns) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
-    return pc_run_team(fn, arg, threads, ops, done, False)
+    return pc_run_team(fn, arg, threads, ops, done, _pinned(), duration_ns)
 
 
-cdef dict _result(int64_t wall_ns, int64_t total, int threads):
+cdef inline int64_t _chunk_end(int64_t i, int64_t ops) noexcept nogil:
+    # The loops run in chunks of PC_TEAM_POLL ops and look at the clock
+    # between chunks (pc_team_expired: a thread-local test, and a clock read
+    # only in a time-bounded run), so the per-op path carries no check.
+    return ops if ops - i <= PC_TEAM_POLL else i + PC_TEAM_POLL
+
+
+cdef dict _result(int64_t wall_ns, int64_t total, int threads, int64_t *done):
     seconds = wall_ns / 1e9
     return {
         "seconds": seconds,
@@ -109,7 +98,9 @@ cdef dict _result(int64_t wall_ns, int64_t total, int threads):
         "ops": total,
         "ops_per_sec": total / seconds if wall_ns > 0 else 0.0,
         "threads": threads,
+        "thread_ops": [done[k] for k in range(threads)],
         "kernel": "native",
+        "pinned": int(_pinned()),
     }
 
 
@@ -131,6 +122,8 @@ cdef struct _CStriped:
     char unused
 cdef struct _CRacy:
     char unused
+cdef struct _CGeneric:  # any other counter class, through its C vtable
+    char unused
 
 ctypedef fused CounterKind:
     _CAtomic
@@ -140,6 +133,7 @@ ctypedef fused CounterKind:
     _CApprox
     _CStriped
     _CRacy
+    _CGeneric
 
 
 cdef struct StatJob:
@@ -163,8 +157,10 @@ cdef inline void _counter_add(CounterKind *tag, void *c) noexcept nogil:
         pc_approx_counter_add(<pc_approx_counter *>c, 1)
     elif CounterKind is _CStriped:
         pc_striped_counter_add(<pc_striped_counter *>c, 1)
-    else:
+    elif CounterKind is _CRacy:
         pc_racy_counter_add(<pc_cell *>c, 1)
+    else:
+        (<CounterBase>c)._add(1)
 
 
 cdef int64_t _counter_read_atomic(void *c) noexcept nogil:
@@ -194,8 +190,10 @@ cdef int64_t _counter_read(CounterKind *tag, void *c) noexcept nogil:
         return _counter_read_perthread(c)
     elif CounterKind is _CApprox:
         return _counter_read_approx(c)
-    else:
+    elif CounterKind is _CStriped:
         return _counter_read_striped(c)
+    else:
+        return (<CounterBase>c)._read()
 
 
 cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops,
@@ -205,17 +203,22 @@ cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops
     cdef uint32_t n = job.n
     cdef int64_t every = job.read_every
     cdef int64_t next_read = every if every > 0 else ops + 1
-    cdef int64_t reads = 0, i
+    cdef int64_t reads = 0, i = 0, end
     cdef uint64_t sink = 0
-    for i in range(ops):
-        _counter_add(tag, cs[_pick(_xorshift(&rng), n)])
-        if i + 1 == next_read:
-            sink += <uint64_t>_counter_read(tag, cs[_pick(_xorshift(&rng), n)])
-            reads += 1
-            next_read += every
+    while i < ops:
+        end = _chunk_end(i, ops)
+        while i < end:
+            _counter_add(tag, cs[_pick(_xorshift(&rng), n)])
+            i += 1
+            if i == next_read:
+                sink += <uint64_t>_counter_read(tag, cs[_pick(_xorshift(&rng), n)])
+                reads += 1
+                next_read += every
+        if pc_team_expired():
+            break
     job.reads[tid] = reads
     job.sinks[tid] = sink
-    done[0] = ops
+    done[0] = i
 
 
 cdef void _stat_atomic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
@@ -232,6 +235,8 @@ cdef void _stat_striped(void *a, int tid, int64_t ops, int64_t *done) noexcept n
     _stat_loop(<_CStriped *>NULL, <StatJob *>a, tid, ops, done)
 cdef void _stat_racy(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
     _stat_loop(<_CRacy *>NULL, <StatJob *>a, tid, ops, done)
+cdef void _stat_generic(void *a, int tid, int64_t ops, int64_t *done) noexcept nogil:
+    _stat_loop(<_CGeneric *>NULL, <StatJob *>a, tid, ops, done)
 
 
 cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
@@ -256,18 +261,19 @@ cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
         p = (<PerThreadCounter?>c).c
         sizes.append(pc_round_up(sizeof(pc_perthread_counter), PC_CACHELINE)
                      + (<PerThreadCounter>c).c.capacity * PC_CACHELINE)
-    else:
+    elif strategy == "striped":
         p = (<StripedCounter?>c).c
         sizes.append(sizeof(pc_striped_counter)
                      + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
+    else:
+        # A strategy without a specialised loop: the object itself, driven
+        # through CounterBase's vtable; the objs list keeps it alive.
+        p = <void *><CounterBase?>c
+        sizes.append(type(c).__basicsize__)
     return p
 
 
-_STAT_DEFAULTS = {"counters": 64, "read_every": 1000}
-_STAT_MINIMUMS = {"counters": 1, "read_every": 0}
-
-
-def run_stat(strategy, threads, ops, params=None):
+def run_stat(str strategy, int threads, int64_t ops, dict params, int64_t duration_ns=0):
     """SNMP/MIB-style statistics: ``counters`` counters of one strategy; each
     op increments one chosen by a thread-local xorshift; every ``read_every``
     ops (0: never) a thread reads one with the strategy's exact read.
@@ -279,14 +285,10 @@ def run_stat(strategy, threads, ops, params=None):
     counter.
     """
     from percpu.counters import COUNTERS
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _params(params, _STAT_DEFAULTS, _STAT_MINIMUMS)
-    if p["counters"] > (1 << 20):
-        raise ValueError(f"parameter counters must be at most 2**20, not {p['counters']}")
-    cls = COUNTERS.get(strategy) if isinstance(strategy, str) else None
-    if cls is None:
-        raise ValueError(f"unknown counter strategy {strategy!r}; valid: {', '.join(COUNTERS)}")
+    cdef int nthreads = threads
+    cdef int64_t nops = ops
+    p = params
+    cls = COUNTERS[strategy]
     cdef pc_kernel_fn fn
     if strategy == "atomic":
         fn = _stat_atomic
@@ -300,8 +302,10 @@ def run_stat(strategy, threads, ops, params=None):
         fn = _stat_approx
     elif strategy == "striped":
         fn = _stat_striped
-    else:
+    elif strategy == "racy":
         fn = _stat_racy
+    else:
+        fn = _stat_generic
 
     cdef uint32_t n = p["counters"]
     pool = PerCPUPool() if strategy in ("percpu", "approx") else None
@@ -322,10 +326,11 @@ def run_stat(strategy, threads, ops, params=None):
             job.counters[k] = _counter_state(objs[k], strategy, sizes)
         job.n = n
         job.read_every = p["read_every"]
-        wall = _run_team(fn, &job, nthreads, nops, done)
+        wall = _run_team(fn, &job, nthreads, nops, done, duration_ns)
         for k in range(<uint32_t>nthreads):
             total += done[k]
             reads += job.reads[k]
+        res = _result(wall, total, nthreads, done)
     finally:
         free(job.counters)
         free(job.reads)
@@ -337,7 +342,6 @@ def run_stat(strategy, threads, ops, params=None):
     if pool is not None:
         st = pool.stats()
         bytes_per_object += st["bytes_used"] / n
-    res = _result(wall, total, nthreads)
     res.update(
         counters=n, read_every=p["read_every"], reads=reads,
         expected=total, observed=observed,
@@ -367,9 +371,9 @@ def run_stat(strategy, threads, ops, params=None):
 #    based (QSBR): each worker stores an increasing count into its own cache
 #    line after every op, a point where it holds no raw pointer, only
 #    references. The freeing thread waits until the release callback has
-#    returned (PCREF_DONE), issues membarrier(PRIVATE_EXPEDITED) so that every
-#    worker's later loads see the swapped pointer, then waits for each running
-#    worker's count to move. Why not the registry's pc_section_enter/exit
+#    returned (_done: the callback's own count in the object), issues
+#    membarrier(PRIVATE_EXPEDITED) so that every worker's later loads see the
+#    swapped pointer, then waits for each running worker's count to move. Why not the registry's pc_section_enter/exit
 #    around the load and tryget: the references' own non-rseq slow path opens
 #    a section on the same per-thread record, and sections do not nest (the
 #    inner enter would make the sequence even and hide the outer section).
@@ -380,7 +384,7 @@ cdef extern from "<sched.h>" nogil:
 
 from percpu._alloc cimport pc_pool, pcpool_refill
 from percpu._refs cimport (
-    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_DONE, PCREF_ERR_NOMEM,
+    pc_ref, PCREF_ATOMIC, PCREF_BIGREF, PCREF_PERCPU, PCREF_ERR_NOMEM,
     ref_init, ref_destroy, ref_kill, atomicref_get, atomicref_put, atomicref_tryget,
     bigref_get, bigref_put, bigref_tryget, percpuref_get, percpuref_put,
     percpuref_tryget_live, ref_kind_of)
@@ -392,7 +396,21 @@ cdef extern from *:
     uint64_t _QS_OFFLINE "((uint64_t)-1)"
 
 
-cdef struct Obj:                # a device or a route-cache entry
+# The read-mostly fields of a device or a route that every use of it reads
+# (a route lookup compares the key and the generation, then calls dst->output
+# on dst->dev; a device's flags and mtu). Where they sit is the false-sharing
+# control: `alone` is a line of their own, which no count shares (the padded
+# layout the library's strategies use, and the kernel's since 2023); `beside`
+# is on the shared count's line (the 2005 layout, `atomic-sharedline`), where
+# every write of the count takes them from every other CPU's cache.
+cdef enum:
+    FIELDS = 3
+
+cdef struct Obj:                # a device or a route-cache entry; PC_CACHELINE-aligned
+    # 128 bytes: a line of its own with 64- and with 128-byte lines, and not
+    # the buddy of the count's line for an adjacent-line prefetcher.
+    uint64_t alone[16]
+    uint64_t beside[FIELDS]     # then the count, on the same line (obj_layout() checks)
     pc_ref ref
     int64_t id
     int32_t releases            # release callbacks run on it; must end at exactly 1
@@ -406,7 +424,11 @@ cdef struct RefJob:
     int nthreads
     bint fence_qs               # no membarrier: workers fence after each quiescent state
     char *qs                    # per-thread uint64 quiescent-state counts, PC_CACHELINE apart
-    int64_t work                # packet: units of other work per op
+    size_t dev_fields           # byte offset in Obj of the fields a device's users read
+    size_t dst_fields           # the same for a route (alone or beside the count)
+    int64_t work                # packet: units of other work per packet
+    int64_t dev_holds           # packet: device gets (and puts) per packet
+    int64_t dst_holds           # packet: route holds (and puts) per packet: a lookup, then clones
     uint64_t *sinks             # per thread: the work's results, kept so it is not dropped
     # netdev (written by thread 0 only, read after the team)
     Obj *cur                    # the registered device
@@ -492,10 +514,12 @@ cdef inline int _ref_tryget(RefKind *t, pc_ref *r) noexcept nogil:
 
 cdef void _obj_release(void *ctx) noexcept nogil:
     cdef Obj *o = <Obj *>ctx
-    # Relaxed: both counts are read after PCREF_DONE (a release store that
-    # follows this callback) or after the team has joined.
-    pc_fetch_add_i32(&o.releases, 1, PC_RELAXED)
+    # Relaxed: the job's count is read after the team has joined.
     pc_fetch_add_i64(&(<RefJob *>o.job).releases, 1, PC_RELAXED)
+    # The last access to the object (the library does not touch it after this
+    # callback): once the count is seen (_done), the object may be freed.
+    # Release: pairs with _done's acquire.
+    pc_fetch_add_i32(&o.releases, 1, PC_RELEASE)
 
 
 cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
@@ -505,6 +529,10 @@ cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
         job.init_error = PCREF_ERR_NOMEM
         return NULL
     o.job = job
+    cdef int f
+    for f in range(FIELDS):
+        # Any values: users read them, nobody writes them again.
+        o.alone[f] = o.beside[f] = (<uint64_t>job.creations + 1) * 0x9E3779B97F4A7C15ULL + <uint64_t>f
     rc = ref_init(&o.ref, kind, job.pool, atomic, _obj_release, o)
     if rc != 0:
         job.init_error = rc
@@ -516,7 +544,7 @@ cdef Obj *_obj_new(RefJob *job, int kind, bint atomic) noexcept nogil:
 
 
 cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
-    # Acquire: the callback's count is read after its PCREF_DONE release.
+    # Acquire: pairs with the release callback's count (_done saw it too).
     if pc_load_i32(&o.releases, PC_ACQUIRE) != 1:
         job.bad_releases += 1
     if ref_destroy(&o.ref) != 0:
@@ -525,10 +553,23 @@ cdef void _obj_free(RefJob *job, Obj *o) noexcept nogil:
     job.frees += 1
 
 
+cdef inline uint64_t _use(Obj *o, size_t fields) noexcept nogil:
+    """What a user of the object reads of it: its read-mostly fields, at the
+    run's layout (``fields`` is the offset of `alone` or of `beside`)."""
+    cdef uint64_t *f = <uint64_t *>(<char *>o + fields)
+    cdef uint64_t x = 0
+    cdef int k
+    for k in range(FIELDS):
+        # Relaxed: read-mostly data; an atomic load also keeps the compiler
+        # from hoisting the reads out of the loop, which the cost model needs.
+        x += pc_load_u64(&f[k], PC_RELAXED)
+    return x
+
+
 cdef inline bint _done(Obj *o) noexcept nogil:
-    # Acquire: pairs with the PCREF_DONE release store that ends the release,
-    # the releasing thread's last access to the object.
-    return (pc_load_i32(&o.ref.state, PC_ACQUIRE) & PCREF_DONE) != 0
+    # Acquire: pairs with the release callback's count, the releasing
+    # thread's last access to the object.
+    return pc_load_i32(&o.releases, PC_ACQUIRE) != 0
 
 
 cdef inline void _backoff(int *spins) noexcept nogil:
@@ -624,13 +665,15 @@ cdef Obj *_unregister(DevKind *t, RefJob *job, Obj *held) noexcept nogil:
     return held
 
 
-cdef inline Obj *_dst_hold(DstKind *t, RefJob *job, uint64_t flow) noexcept nogil:
-    """Route lookup: the entry flow hashes to, held."""
+cdef inline Obj *_dst_hold(DstKind *t, RefJob *job, uint64_t flow, uint64_t *x) noexcept nogil:
+    """Route lookup: the entry flow hashes to, its key compared (a use of its
+    fields, into *x), held."""
     cdef Obj **slot = &job.table[_pick(flow * 0x9E3779B97F4A7C15ULL, job.entries)]
     cdef Obj *e
     while True:
         # Acquire: pairs with churn's exchange, which publishes the entry.
         e = <Obj *>pc_load_ptr(<void **>slot, PC_ACQUIRE)
+        x[0] += _use(e, job.dst_fields)
         if PC_LIKELY(_ref_tryget(t, &e.ref)):
             return e
         # Killed under us: churn has already put its replacement there.
@@ -642,7 +685,7 @@ cdef void _reclaim(RefJob *job, int self_tid) noexcept nogil:
     Every retired entry was swapped out of the table before it was retired,
     so one grace period started now covers every worker that could still use
     a pointer to any of them; of those, the ones whose release has returned
-    (PCREF_DONE, the releasing thread's last access) can go."""
+    (_done: the callback's count, the releasing thread's last access) can go."""
     cdef int64_t i, j, ready = 0
     for i in range(job.nretired):
         ready += _done(job.retired[i])
@@ -696,87 +739,138 @@ cdef void _churn(DstKind *t, RefJob *job, int self_tid) noexcept nogil:
 cdef inline void _netdev_loop(DevKind *t, RefJob *job, int tid, int64_t ops,
                               int64_t *done) noexcept nogil:
     cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
-    cdef uint64_t seq = 0
-    cdef int64_t i, bad = 0
+    cdef uint64_t seq = 0, x = 0
+    cdef int64_t i = 0, end, bad = 0
     cdef int64_t every = job.unregister_interval if tid == 0 else 0
     cdef int64_t next_unreg = every if every > 0 else -1
+    cdef size_t fields = job.dev_fields
     cdef Obj *held = _dev_switch(t, job, NULL)
-    for i in range(ops):
-        # Relaxed: only says when to switch; _dev_switch re-reads with acquire.
-        if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
-            held = _dev_switch(t, job, held)
-        # dev_hold/dev_put; we hold a reference, so neither may fail or release.
-        bad += _ref_get(t, &held.ref) != 0
-        bad += _ref_put(t, &held.ref) != 0
-        _quiescent(job, qs, &seq)
-        if PC_UNLIKELY(i + 1 == next_unreg):
-            held = _unregister(t, job, held)
-            next_unreg += every
+    while i < ops:
+        end = _chunk_end(i, ops)
+        while i < end:
+            # Relaxed: only says when to switch; _dev_switch re-reads with acquire.
+            if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
+                held = _dev_switch(t, job, held)
+            # dev_hold/dev_put around a use of the device; we hold a
+            # reference, so neither may fail or release.
+            x += _use(held, fields)
+            bad += _ref_get(t, &held.ref) != 0
+            x += _use(held, fields)
+            bad += _ref_put(t, &held.ref) != 0
+            _quiescent(job, qs, &seq)
+            i += 1
+            if PC_UNLIKELY(i == next_unreg):
+                held = _unregister(t, job, held)
+                next_unreg += every
+        if pc_team_expired():
+            break
     if _ref_put(t, &held.ref) < 0:
         bad += 1
     # Release: everything this thread did comes before the grace period's
     # acquire skips it.
     pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
+    job.sinks[tid] = x
     if bad:
         pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
-    done[0] = ops
+    done[0] = i
 
 
 cdef inline void _dst_loop(DstKind *t, RefJob *job, int tid, int64_t ops,
                            int64_t *done) noexcept nogil:
     cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
-    cdef uint64_t seq = 0, rng = _seed(tid)
-    cdef int64_t i, bad = 0
+    cdef uint64_t seq = 0, rng = _seed(tid), x = 0
+    cdef int64_t i = 0, end, bad = 0
     cdef int64_t every = job.churn_interval if tid == 0 else 0
     cdef int64_t next_churn = every if every > 0 else -1
+    cdef size_t fields = job.dst_fields
     cdef Obj *e
-    for i in range(ops):
-        e = _dst_hold(t, job, _xorshift(&rng))
-        # May release (a churned entry we held last): that is fine, < 0 is not.
-        bad += _ref_put(t, &e.ref) < 0
-        _quiescent(job, qs, &seq)
-        if PC_UNLIKELY(i + 1 == next_churn):
-            _churn(t, job, tid)
-            next_churn += every
+    while i < ops:
+        end = _chunk_end(i, ops)
+        while i < end:
+            e = _dst_hold(t, job, _xorshift(&rng), &x)
+            x += _use(e, fields)
+            # May release (a churned entry we held last): that is fine, < 0 is not.
+            bad += _ref_put(t, &e.ref) < 0
+            _quiescent(job, qs, &seq)
+            i += 1
+            if PC_UNLIKELY(i == next_churn):
+                _churn(t, job, tid)
+                next_churn += every
+        if pc_team_expired():
+            break
     pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
+    job.sinks[tid] = x
     if bad:
         pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
-    done[0] = ops
+    done[0] = i
 
 
 cdef inline void _packet_loop(DevKind *dt, DstKind *st, RefJob *job, int tid, int64_t ops,
                               int64_t *done) noexcept nogil:
+    """One op is one packet (README, "The packet model"): the device taken
+    `dev_holds` times, the route looked up and held, cloned `dst_holds - 1`
+    times, every hold preceded by a use of the object's fields, and an equal
+    share of `work` after every get and every put: the rest of the stack runs
+    between the reference operations, as in the kernel."""
     cdef uint64_t *qs = <uint64_t *>(job.qs + <size_t>tid * PC_CACHELINE)
-    cdef uint64_t seq = 0, rng = _seed(tid), x = rng
-    cdef int64_t i, bad = 0, work = job.work
+    cdef uint64_t seq = 0, rng = _seed(tid), x = rng, flow
+    cdef int64_t i = 0, end, j, bad = 0
+    cdef int64_t dev_holds = job.dev_holds, dst_holds = job.dst_holds
+    cdef int64_t gaps = 2 * (dev_holds + dst_holds)
+    cdef int64_t share = job.work // gaps if gaps > 0 else 0
+    cdef int64_t rest = job.work - share * gaps
+    cdef size_t dev_fields = job.dev_fields, dst_fields = job.dst_fields
     cdef int64_t ue = job.unregister_interval if tid == 0 else 0
     cdef int64_t ce = job.churn_interval if tid == 0 else 0
     cdef int64_t next_unreg = ue if ue > 0 else -1
     cdef int64_t next_churn = ce if ce > 0 else -1
     cdef Obj *held = _dev_switch(dt, job, NULL)
     cdef Obj *e
-    for i in range(ops):
-        if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
-            held = _dev_switch(dt, job, held)
-        bad += _ref_get(dt, &held.ref) != 0          # the skb takes the device
-        e = _dst_hold(st, job, _xorshift(&rng))     # route lookup, dst_hold
-        x = pc_wl_work(x, work)                     # the rest of the stack
-        bad += _ref_put(st, &e.ref) < 0
-        bad += _ref_put(dt, &held.ref) != 0
-        _quiescent(job, qs, &seq)
-        if PC_UNLIKELY(i + 1 == next_unreg):
-            held = _unregister(dt, job, held)
-            next_unreg += ue
-        if PC_UNLIKELY(i + 1 == next_churn):
-            _churn(st, job, tid)
-            next_churn += ce
+    while i < ops:
+        end = _chunk_end(i, ops)
+        while i < end:
+            if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
+                held = _dev_switch(dt, job, held)
+            for j in range(dev_holds):              # the skb takes the device
+                x += _use(held, dev_fields)
+                bad += _ref_get(dt, &held.ref) != 0
+                x = pc_wl_work(x, share)
+            if dst_holds > 0:
+                flow = _xorshift(&rng)
+                e = _dst_hold(st, job, flow, &x)    # route lookup, dst_hold
+                x = pc_wl_work(x, share)
+                for j in range(dst_holds - 1):      # dst_clone ... dst_release
+                    x += _use(e, dst_fields)
+                    bad += _ref_get(st, &e.ref) != 0
+                    x = pc_wl_work(x, share)
+                    x += _use(e, dst_fields)
+                    bad += _ref_put(st, &e.ref) != 0
+                    x = pc_wl_work(x, share)
+                x += _use(e, dst_fields)
+                bad += _ref_put(st, &e.ref) < 0     # may release a churned entry
+                x = pc_wl_work(x, share)
+            for j in range(dev_holds):
+                x += _use(held, dev_fields)
+                bad += _ref_put(dt, &held.ref) != 0
+                x = pc_wl_work(x, share)
+            x = pc_wl_work(x, rest)
+            _quiescent(job, qs, &seq)
+            i += 1
+            if PC_UNLIKELY(i == next_unreg):
+                held = _unregister(dt, job, held)
+                next_unreg += ue
+            if PC_UNLIKELY(i == next_churn):
+                _churn(st, job, tid)
+                next_churn += ce
+        if pc_team_expired():
+            break
     if _ref_put(dt, &held.ref) < 0:
         bad += 1
     pc_store_u64(qs, _QS_OFFLINE, PC_RELEASE)
     job.sinks[tid] = x
     if bad:
         pc_fetch_add_i64(&job.bad, bad, PC_RELAXED)
-    done[0] = ops
+    done[0] = i
 
 
 # One plain kernel per specialisation, for the team.
@@ -837,7 +931,41 @@ cdef int64_t _interval(int64_t every, int threads):
     return max(1, every // threads)
 
 
-cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, dict p):
+cdef size_t _fields_offset(bint beside):
+    cdef Obj o
+    if beside:
+        return <size_t>(<char *>&o.beside[0] - <char *>&o)
+    return <size_t>(<char *>&o.alone[0] - <char *>&o)
+
+
+def obj_layout():
+    """Where the lab's device and route objects keep their parts, in bytes
+    from the object's start (the object starts a cache line): ``alone`` and
+    ``beside`` (the read-mostly fields in the padded and in the 2005 layout),
+    ``count`` (the shared count), ``fields`` (how many 8-byte fields a use
+    reads), ``size`` and ``cacheline``. Tests check which share a line."""
+    cdef Obj o
+    return {
+        "alone": _fields_offset(False),
+        "beside": _fields_offset(True),
+        "count": <size_t>(<char *>&o.ref.count - <char *>&o),
+        "fields": FIELDS,
+        "size": sizeof(Obj),
+        "cacheline": PC_CACHELINE,
+    }
+
+
+cdef tuple _ref_choice(str name):
+    """(PCREF_* kind, whether the count shares the fields' line) of a reference
+    strategy: a percpu.REFS name, or a layout control of one."""
+    from percpu.workloads import REF_LAYOUTS
+    if name in REF_LAYOUTS:
+        return ref_kind_of(REF_LAYOUTS[name]), True
+    return ref_kind_of(name), False
+
+
+cdef dict _run_refs(str workload, str dev_name, str dst_name, int nthreads, int64_t nops,
+                    dict p, int64_t duration_ns):
     """Set up a RefJob, run the team, tear down and check; returns the figures."""
     cdef PerCPUPool pool = PerCPUPool()
     cdef RefJob job
@@ -848,16 +976,23 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
     cdef bint uses_dev = workload != "dst"
     cdef bint uses_dst = workload != "netdev"
     cdef bint teardown_ok = True
+    dev, dev_beside = _ref_choice(dev_name) if uses_dev else (PCREF_ATOMIC, False)
+    dst, dst_beside = _ref_choice(dst_name) if uses_dst else (PCREF_ATOMIC, False)
     memset(&job, 0, sizeof(job))
     job.dev_kind = dev
     job.dst_kind = dst
+    job.dev_fields = _fields_offset(dev_beside)
+    job.dst_fields = _fields_offset(dst_beside)
     job.pool = pool.c
     job.nthreads = nthreads
     job.fence_qs = _registry.membarrier == PC_MB_NONE
     job.work = p.get("work", 0)
+    job.dev_holds = p.get("dev_holds", 0)
+    job.dst_holds = p.get("dst_holds", 0)
     job.unregister_interval = _interval(p.get("unregister_every", 0), nthreads) if uses_dev else 0
     job.churn_interval = _interval(p.get("churn_every", 0), nthreads) if uses_dst else 0
-    job.entries = p.get("entries", 0) if uses_dst else 0
+    # packet calls its route cache's size `routes`: the hot routes.
+    job.entries = p.get("entries", p.get("routes", 0)) if uses_dst else 0
     bytes_per_entry = None
     try:
         job.qs = <char *>pc_aligned_zalloc(<size_t>nthreads * PC_CACHELINE)
@@ -879,12 +1014,16 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
                 job.table[k] = _obj_new(&job, dst, False)
                 if job.table[k] == NULL:
                     raise MemoryError("percpu: cannot create the route cache")
-        wall = _run_team(_pick_kernel(workload, dev, dst), &job, nthreads, nops, done)
+        wall = _run_team(_pick_kernel(workload, dev, dst), &job, nthreads, nops, done,
+                         duration_ns)
         for i in range(nthreads):
             total += done[i]
-        if uses_dst:
+        res = _result(wall, total, nthreads, done)
+        if workload == "dst":
             st = pool.stats()
-            entry_bytes = pc_round_up(sizeof(Obj), PC_CACHELINE)
+            # The entry from its fields on: the line that keeps a copy of
+            # the fields alone is the lab's control, not the strategy's cost.
+            entry_bytes = pc_round_up(sizeof(Obj) - _fields_offset(True), PC_CACHELINE)
             pool_bytes = st["bytes_reserved"] if dst != PCREF_ATOMIC else 0
             bytes_per_entry = entry_bytes + pool_bytes / job.entries
     finally:
@@ -934,7 +1073,6 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
     if problems:
         raise RuntimeError(f"{name}: " + "; ".join(problems))
 
-    res = _result(wall, total, nthreads)
     res.update(created=job.creations, released=job.releases)
     if uses_dev:
         res.update(
@@ -947,69 +1085,48 @@ cdef dict _run_refs(str workload, int dev, int dst, int nthreads, int64_t nops, 
     if uses_dst:
         res.update(
             entries=job.entries, churns=job.churns, churn_failures=job.churn_failures,
-            refills=job.refills, bytes_per_entry=bytes_per_entry,
+            refills=job.refills,
         )
+    if bytes_per_entry is not None:
+        res["bytes_per_entry"] = bytes_per_entry
     return res
 
 
-_NETDEV_DEFAULTS = {"unregister_every": 100000}
-_DST_DEFAULTS = {"entries": 1024, "churn_every": 10000}
-_PACKET_DEFAULTS = {"work": 50, "entries": 1024, "unregister_every": 100000,
-                    "churn_every": 10000}
-_EVERY_MINIMUMS = {"unregister_every": 0, "churn_every": 0, "work": 0}
+def run_netdev(str strategy, int threads, int64_t ops, dict params, int64_t duration_ns=0):
+    """dev_hold/dev_put on one device per op, each after a use of the
+    device's fields; every ``unregister_every`` team ops (thread 0 acting)
+    the device is unregistered: replaced by a new one, killed, and waited on
+    until every holder has dropped it. Reports ``unregisters`` and
+    ``unregister_latency_mean_us``/``_max_us`` (swap to release). Raises
+    RuntimeError if any reference operation failed or any device was not
+    released and freed exactly once."""
+    p = dict(params, strategy=strategy)
+    return _run_refs("netdev", strategy, "", threads, ops, p, duration_ns)
 
 
-cdef dict _ref_params(params, dict defaults):
-    p = _params(params, defaults, _EVERY_MINIMUMS)
-    if p.get("entries", 1) > (1 << 24):
-        raise ValueError(f"parameter entries must be at most 2**24, not {p['entries']}")
-    return p
-
-
-def run_netdev(strategy, threads, ops, params=None):
-    """dev_hold/dev_put on one device per op; every ``unregister_every`` team
-    ops (thread 0 acting) the device is unregistered: replaced by a new one,
-    killed, and waited on until every holder has dropped it. Reports
-    ``unregisters`` and ``unregister_latency_mean_us``/``_max_us`` (swap to
-    release). Raises RuntimeError if any reference operation failed or any
-    device was not released and freed exactly once."""
-    cdef int kind = ref_kind_of(strategy)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _NETDEV_DEFAULTS)
-    p["strategy"] = strategy
-    return _run_refs("netdev", kind, 0, nthreads, nops, p)
-
-
-def run_dst(strategy, threads, ops, params=None):
+def run_dst(str strategy, int threads, int64_t ops, dict params, int64_t duration_ns=0):
     """A route cache of ``entries`` reference-counted entries; an op hashes a
-    flow to an entry, holds and drops it; every ``churn_every`` team ops
-    (thread 0 acting) an entry is replaced (allocated with atomic=True; on
-    failure the old one stays and ``churn_failures`` counts it). Reports
-    ``churns``, ``churn_failures`` and ``bytes_per_entry`` (the entry struct
-    plus the private pool's reserved bytes per entry)."""
-    cdef int kind = ref_kind_of(strategy)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _DST_DEFAULTS)
-    p["strategy"] = strategy
-    return _run_refs("dst", 0, kind, nthreads, nops, p)
+    flow to an entry, compares its key (a use of its fields), holds it, uses
+    it again and drops it; every ``churn_every`` team ops (thread 0 acting)
+    an entry is replaced (allocated with atomic=True; on failure the old one
+    stays and ``churn_failures`` counts it). Reports ``churns``,
+    ``churn_failures`` and ``bytes_per_entry`` (the entry struct plus the
+    private pool's reserved bytes per entry)."""
+    p = dict(params, strategy=strategy)
+    return _run_refs("dst", "", strategy, threads, ops, p, duration_ns)
 
 
-def run_packet(strategy, threads, ops, params=None):
-    """tbench-like: per op a device hold/put, a route lookup hold/put and
-    ``work`` units of other work; ``strategy`` is ``NETDEV+DST``
-    (e.g. ``bigref+percpu``). Reports the netdev and dst figures together."""
-    if not isinstance(strategy, str) or strategy.count("+") != 1:
-        raise ValueError(f"packet strategy must be NETDEV+DST (e.g. 'bigref+percpu'), "
-                         f"not {strategy!r}")
+def run_packet(str strategy, int threads, int64_t ops, dict params, int64_t duration_ns=0):
+    """The packet model of tbench on loopback: per op (one packet)
+    ``dev_holds`` device gets and puts, a lookup and hold of one of
+    ``routes`` routes, ``dst_holds - 1`` clones of it (get and put), the last
+    put, and ``work`` units of other work shared out after every get and
+    every put; every hold and put follows a use of the object's fields.
+    ``strategy`` is ``NETDEV+DST`` (e.g. ``bigref+percpu``). Reports the
+    netdev and dst figures together and the model's parameters."""
     dev_name, dst_name = strategy.split("+")
-    cdef int dev = ref_kind_of(dev_name)
-    cdef int dst = ref_kind_of(dst_name)
-    cdef int nthreads = _as_threads(threads)
-    cdef int64_t nops = _as_ops(ops)
-    p = _ref_params(params, _PACKET_DEFAULTS)
-    p["strategy"] = strategy
-    res = _run_refs("packet", dev, dst, nthreads, nops, p)
-    res["work"] = p["work"]
+    p = dict(params, strategy=strategy)
+    res = _run_refs("packet", dev_name, dst_name, threads, ops, p, duration_ns)
+    res.update(work=p["work"], dev_holds=p["dev_holds"], dst_holds=p["dst_holds"],
+               routes=p["routes"])
     return res

@@ -4,7 +4,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -135,6 +139,14 @@ class PoolMachine(RuleBasedStateMachine):
             assert after["bytes_reserved"] == before["bytes_reserved"], "atomic alloc grew the pool"
 
     @rule()
+    def drain(self) -> None:
+        drained = self.pool.drain() if isinstance(self.pool, PerCPUPool) else 0
+        if isinstance(self.pool, PerCPUPool):
+            s = self.pool.stats()
+            assert s["cached_objects"] == s["bytes_cached"] == 0
+            assert drained >= 0
+
+    @rule()
     def refill(self) -> None:
         self.pool.refill()
         s = self.pool.stats()
@@ -150,8 +162,12 @@ class PoolMachine(RuleBasedStateMachine):
         assert s["frees"] == self.frees
         assert s["bytes_reserved"] >= s["bytes_used"]
         if isinstance(self.pool, PerCPUPool):
-            assert _alloc._audit(self.pool)["consistent"]
-            assert s["bytes_reserved"] == s["bytes_used"] + s["bytes_free"]
+            audit = _alloc._audit(self.pool)
+            assert audit["consistent"], audit
+            assert audit["objects"] == len(self.live)
+            assert audit["cached_objects"] == s["cached_objects"]
+            assert audit["cached_granules"] * GRANULE * NR_CPUS == s["bytes_cached"]
+            assert s["bytes_reserved"] == s["bytes_used"] + s["bytes_cached"] + s["bytes_free"]
             assert s["bytes_reserved"] == s["blocks"] * s["unit_size"] * NR_CPUS
 
     @invariant()
@@ -281,6 +297,74 @@ def test_view_keeps_pool_alive() -> None:
     assert int(v.sum()) == 3 * 64 * NR_CPUS
 
 
+def test_a_freed_small_object_waits_in_a_cache_and_counts_as_free() -> None:
+    p = PerCPUPool()
+    h = p.alloc(24)
+    s0 = p.stats()
+    p.free(h)
+    s1 = p.stats()
+    assert s1["objects"] == s0["objects"] - 1 == 0
+    assert s1["bytes_used"] == 0
+    assert s1["frees"] == s0["frees"] + 1
+    assert s1["cached_objects"] == s0["cached_objects"] + 1
+    assert s1["bytes_cached"] == s0["bytes_cached"] + 24 * NR_CPUS
+    assert s1["bytes_free"] == s0["bytes_free"]  # still reserved for its size
+    assert s1["bytes_reserved"] == s1["bytes_used"] + s1["bytes_cached"] + s1["bytes_free"]
+    for op in (p.free, p.size, lambda x: p.address(x, 0), p.view):
+        with pytest.raises(ValueError):
+            op(h)  # freed, even though its space waits in a cache
+    # The next allocation of that size takes it back (last freed, first out).
+    assert p.alloc(24) == h
+    assert p.stats()["cached_objects"] == s0["cached_objects"]
+    p.free(h)
+    assert p.drain() >= 1
+    s2 = p.stats()
+    assert s2["cached_objects"] == s2["bytes_cached"] == 0
+    assert s2["bytes_free"] == s2["bytes_reserved"]
+    with pytest.raises(ValueError):
+        p.free(h)  # given back to the shared space: still refused
+    assert _alloc._audit(p)["consistent"]
+
+
+def test_cached_object_is_zeroed_for_a_smaller_size_of_its_class() -> None:
+    p = PerCPUPool()
+    h = p.alloc(16)
+    fill(p, h, 16, 0xEE)
+    p.free(h)
+    h2 = p.alloc(13)  # two granules too: the same class
+    assert h2 == h
+    assert p.size(h2) == 13
+    assert all(read(p, h2, c, 16) == bytes(16) for c in range(NR_CPUS))
+
+
+def test_caches_stay_within_their_limit() -> None:
+    """Frees beyond a cache's room go back to the shared space."""
+    p = PerCPUPool()
+    handles = [p.alloc(8) for _ in range(2_000)]
+    for h in handles:
+        p.free(h)
+    s = p.stats()
+    audit = _alloc._audit(p)
+    assert audit["consistent"], audit
+    limit = p.unit_size // 4  # bytes per CPU's copy that one cache may keep
+    assert 0 < s["bytes_cached"] <= s["nr_cpus"] * limit * NR_CPUS
+    assert s["objects"] == 0
+    assert s["allocs"] == s["frees"] == 2_000
+
+
+def test_alignment_is_kept_for_cached_objects() -> None:
+    p = PerCPUPool()
+    small = [p.alloc(16, align=8) for _ in range(64)]
+    for h in small:
+        p.free(h)
+    for align in (16, 32, 64):
+        hs = [p.alloc(16, align=align) for _ in range(20)]
+        assert all(p.address(h, c) % align == 0 for h in hs for c in range(NR_CPUS))
+        for h in hs:
+            p.free(h)
+    assert _alloc._audit(p)["consistent"]
+
+
 def test_naive_costs_a_line_per_cpu() -> None:
     n = NaivePool()
     h = n.alloc(8)
@@ -323,6 +407,27 @@ def test_atomic_never_grows_and_fails_when_reserve_is_gone() -> None:
     # Freed space serves atomic allocations without a refill.
     p.free(handles.pop())
     p.alloc(8, atomic=True)
+
+
+def test_atomic_alloc_takes_back_cached_space_instead_of_failing() -> None:
+    p = PerCPUPool()
+    # Fill every byte except one cached 64-byte object's, then ask for an
+    # atomic 48-byte one: only the cached space can serve it.
+    big = p.alloc(64)
+    while True:
+        try:
+            p.alloc(8, atomic=True)
+        except MemoryError:
+            break
+    p.free(big)
+    s0 = p.stats()
+    assert s0["bytes_free"] == 0 and s0["bytes_cached"] == 64 * NR_CPUS
+    h = p.alloc(48, atomic=True)
+    s1 = p.stats()
+    assert s1["bytes_reserved"] == s0["bytes_reserved"], "atomic alloc grew the pool"
+    assert s1["bytes_cached"] == 0
+    assert not p.view(h).any()
+    assert _alloc._audit(p)["consistent"]
 
 
 def test_normal_alloc_refills_the_reserve() -> None:
@@ -393,6 +498,44 @@ def test_concurrent_alloc_free(pool: Pool, threads: int) -> None:
         audit = _alloc._audit(pool)
         assert audit["consistent"], audit
         assert audit["objects"] == audit["used_granules"] == 0
+        # The threads have exited; what they freed into the per-CPU caches is
+        # still the pool's: drained, every byte is free again.
+        assert pool.drain() == s1["cached_objects"]
+        s2 = pool.stats()
+        assert s2["cached_objects"] == s2["bytes_cached"] == 0
+        assert s2["bytes_free"] == s2["bytes_reserved"]
+        assert _alloc._audit(pool)["consistent"]
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_concurrent_double_frees_succeed_once(pool: Pool, threads: int) -> None:
+    objects = 3_000
+    s0 = pool.stats()
+    r = _lab._free_race(pool, threads, objects)
+    assert sum(r["done"]) == objects, r["done"]
+    assert r["failures"] == (threads - 1) * objects
+    s1 = pool.stats()
+    assert s1["objects"] == s0["objects"]
+    assert s1["frees"] - s0["frees"] == objects
+    if isinstance(pool, PerCPUPool):
+        assert _alloc._audit(pool)["consistent"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_alloc_free_kernel_counts_every_pair(pool: Pool, threads: int) -> None:
+    """The benchmark kernel does what it says: ops pairs per thread, no failure."""
+    ops = 10_000
+    s0 = pool.stats()
+    r = _lab.alloc_free(pool, threads, ops, 8)
+    assert r["done"] == [ops] * threads
+    assert r["failures"] == 0
+    assert r["ns_per_pair"] == r["wall_ns"] / ops > 0
+    s1 = pool.stats()
+    assert s1["allocs"] - s0["allocs"] == threads * ops
+    assert s1["frees"] - s0["frees"] == threads * ops
+    assert s1["objects"] == s0["objects"]
+    with pytest.raises(ValueError):
+        _lab.alloc_free(pool, 0, 10)
 
 
 @pytest.mark.parametrize("threads", [1, 4])
@@ -502,6 +645,100 @@ def test_bad_handles_and_cpus(pool: Pool) -> None:
         pool.free(h)
     h = pool.alloc(32)
     assert not pool.view(h).any()
+
+
+# ---------------------------------------------------------------------------
+# Stale handles: freed, and the position handed out again
+
+
+STALE_HANDLE_PROBE = r"""
+import json, sys
+import percpu
+from percpu import _alloc
+p = _alloc.PerCPUPool()
+h = p.alloc(8)
+p.free(h)
+h2 = p.alloc(8)  # the same position again (the cache hands it back)
+r = {"module": _alloc.__file__, "h": h, "h2": h2,
+     "same_place": p.address(h2, 0) == (p.address(h, 0) if h == h2 else None)}
+if h != h2:
+    r["same_place"] = (h & ((1 << 48) - 1)) == (h2 & ((1 << 48) - 1))
+    for name, op in (("free", lambda: p.free(h)), ("size", lambda: p.size(h)),
+                     ("address", lambda: p.address(h, 0)), ("view", lambda: p.view(h))):
+        try:
+            op()
+            r[name] = "accepted"
+        except ValueError:
+            r[name] = "refused"
+    r["size2"] = p.size(h2)
+    p.free(h2)  # the live handle still works, once
+    try:
+        p.free(h2)
+        r["double_free"] = "accepted"
+    except ValueError:
+        r["double_free"] = "refused"
+# The modules built normally work with the debug-built allocator.
+c = percpu.Counter()
+c.inc()
+c.add(41)
+r["counter"] = c.value()
+r["audit"] = _alloc._audit(p)["consistent"]
+print(json.dumps(r))
+"""
+
+
+def _probe_stale_handles(pythonpath: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    out = subprocess.run([sys.executable, "-c", STALE_HANDLE_PROBE], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_normal_build_hands_the_same_handle_out_again() -> None:
+    """Without the debug tag a handle is only its position: after a free and a
+    new allocation there, the old handle is the new one (like a pointer)."""
+    r = _probe_stale_handles()
+    assert r["h"] == r["h2"] and r["same_place"]
+    assert r["counter"] == 42 and r["audit"]
+
+
+@pytest.mark.slow
+def test_debug_build_refuses_stale_handles(tmp_path: Path) -> None:
+    """PERCPU_DEBUG=1 builds the allocator with a generation tag in each
+    handle: a handle kept after its free is refused once its position is
+    handed out again, by free, size, address and view."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyx" / "alloc.pyx").exists() or not (root / "setup.py").exists():
+        pytest.skip("needs the source tree (pyx/ and setup.py) beside the tests")
+    pytest.importorskip("Cython")
+    tree = tmp_path / "tree"
+    # Sources only: a generated .c would carry the normal build's directives.
+    shutil.copytree(root / "pyx", tree / "pyx", ignore=shutil.ignore_patterns("*.c", "*.so"))
+    shutil.copytree(root / "src", tree / "src",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(root / name, tree / name)
+    # The other modules as built for this run; only _alloc is rebuilt.
+    installed = Path(percpu.__file__).parent
+    for so in installed.glob("_*.so"):
+        if not so.name.startswith("_alloc."):
+            shutil.copy2(so, tree / "src" / "percpu" / so.name)
+    env = dict(os.environ, PERCPU_DEBUG="1", PERCPU_BUILD_ONLY="alloc")
+    env.pop("PERCPU_SANITIZE", None)
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                           cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-4000:]
+    r = _probe_stale_handles(str(tree / "src"))
+    assert r["module"].startswith(str(tree)), r["module"]
+    assert r["h"] != r["h2"] and r["same_place"], r
+    assert {r[k] for k in ("free", "size", "address", "view")} == {"refused"}, r
+    assert r["size2"] == 8
+    assert r["double_free"] == "refused"
+    assert r["counter"] == 42 and r["audit"]
 
 
 @pytest.mark.parametrize("unit", [0, -4096, 100, 3 * CACHELINE, CACHELINE // 2, 1 << 30])

@@ -15,7 +15,7 @@ import pyperf
 import pytest
 
 import percpu
-from percpu import bench, workloads
+from percpu import bench, pycounter, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ ALL = [(w.name, s) for w in workloads.WORKLOADS.values() for s in w.strategies]
 TINY = ["--debug-single-value"]
 CONTRACT_KEYS = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int,
                  "percpu_params": str, "percpu_nr_cpus": int, "percpu_features": str,
-                 "percpu_version": str}
+                 "percpu_version": str, "percpu_free_threaded": int, "percpu_gil_enabled": int}
 
 
 def env_with(extra_path: Path | None = None, **extra: str) -> dict[str, str]:
@@ -67,12 +67,24 @@ def check_point(b: pyperf.Benchmark, workload: str, strategy: str, threads: int)
     assert meta["percpu_nr_cpus"] == percpu.nr_cpus()
     assert json.loads(meta["percpu_features"])["nr_cpus"] == percpu.nr_cpus()
     assert meta["percpu_version"] == percpu.__version__
+    build = pycounter.python_build()
+    assert meta["percpu_free_threaded"] == int(build["free_threaded"])
+    assert meta["percpu_gil_enabled"] == int(build["gil_enabled"])
     # pyperf's own metadata is kept as it records it.
     assert meta["cpu_count"] == os.cpu_count()
     assert "python_version" in meta and meta["unit"] == "second"
     assert all(v > 0 for v in b.get_values())
     if workload == "stat":
         assert meta["percpu_exact"] in (0, 1) and meta["percpu_lost_updates"] >= 0
+    assert meta["percpu_hot_line"] == int(strategy in workloads.WORKLOADS[workload].hot_line)
+    if threads >= 2:
+        # The time-bounded probe: every thread to one deadline.
+        assert 0 <= meta["percpu_fairness"] <= 1
+        assert meta["percpu_fairness"] == pytest.approx(
+            meta["percpu_fairness_min_ops"] / meta["percpu_fairness_max_ops"])
+        assert meta["percpu_fairness_min_ops"] > 0
+    else:
+        assert "percpu_fairness" not in meta
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +101,9 @@ def test_sweep_covers_every_workload_and_strategy(
     assert proc.returncode == 0, proc.stderr
     benches = load(out)
     expected = {f"{w}/{s}/t2" for w, s in ALL}
-    # The 22 native points, plus pycounter's (how many depends on the peers installed).
+    # The 31 native points, plus pycounter's (how many depends on the peers installed).
     n = len(expected)
-    assert n == 22 + len(workloads.WORKLOADS["pycounter"].strategies)
+    assert n == 31 + len(workloads.WORKLOADS["pycounter"].strategies)
     assert set(benches) == expected
     for w, s in ALL:
         check_point(benches[f"{w}/{s}/t2"], w, s, 2)
@@ -122,7 +134,11 @@ FAKE_KERNELS = """
     import sys, types
     mod = types.ModuleType("percpu._workloads")
     def make(name):
-        def kernel(strategy, threads, ops, params):
+        def kernel(strategy, threads, ops, params, duration_ns=0):
+            if duration_ns:
+                # The fairness probe: thread i did 100 * (i + 1) ops.
+                counts = [100 * (i + 1) for i in range(threads)]
+                return {"seconds": duration_ns / 1e9, "ops": sum(counts), "thread_ops": counts}
             # 1 ms per op per thread, whatever the strategy: pyperf's value
             # must come out as exactly that.
             r = {"seconds": 1e-3 * ops, "ops": threads * ops}
@@ -163,6 +179,11 @@ def test_workload_figures_reach_the_metadata(tmp_path: Path) -> None:
     assert (dst["percpu_bytes_per_entry"], dst["percpu_churns"], dst["percpu_churn_failures"]) == (24.0, 7, 0)
     stat = benches["stat/atomic/t2"].get_metadata()
     assert (stat["percpu_lost_updates"], stat["percpu_exact"], stat["percpu_bytes_per_object"]) == (0, 1, 8.0)
+    for b in benches.values():
+        meta = b.get_metadata()
+        assert (meta["percpu_fairness"], meta["percpu_fairness_min_ops"], meta["percpu_fairness_max_ops"]) \
+            == (0.5, 100, 200)
+        assert meta["percpu_fairness_seconds"] == bench.FAIRNESS_SECONDS
 
 
 def test_fallback_path_reaches_the_workers(tmp_path: Path) -> None:
@@ -171,7 +192,7 @@ def test_fallback_path_reaches_the_workers(tmp_path: Path) -> None:
                "-o", str(out), cwd=tmp_path, env=env_with(PERCPU_NO_RSEQ="1"))
     assert proc.returncode == 0, proc.stderr
     features = json.loads(load(out)["stat/percpu/t2"].get_metadata()["percpu_features"])
-    assert features["rseq"] is False and features["cpu_source"] != "rseq"
+    assert features["rseq"] is False and features["cpu_source"] not in ("rseq", "mm_cid")
 
 
 @pytest.mark.parametrize("name,strategy", [("stat", "striped"), ("netdev", "bigref"),
@@ -203,13 +224,22 @@ BAD = [
     (["run", "--threads", "1,-2"], "not -2"),
     (["run", "--threads", "two"], "--threads must be integers"),
     (["run", "--preset", "slow"], "unknown preset 'slow'"),
-    (["run", "--param", "counters=0"], "stat.counters must be an int >= 1"),
+    (["run", "--param", "counters=0"], "stat.counters must be in 1..1048576, not 0"),
     (["run", "--param", "nothing=3"], "no selected workload has parameter 'nothing'"),
     (["run", "-o", "/nonexistent-dir/x/out.json"], "cannot write /nonexistent-dir/x/out.json"),
     (["run", "--append", "/nonexistent-dir/out.json"], "cannot write"),
     (["run", "--force"], "--force needs -o FILE"),
     (["run", "--compare-to", sys.executable, "-o", "x.json"], "cannot be combined with -o"),
     (["frobnicate"], "unknown command 'frobnicate'"),
+    (["calibrate", "--dst-holds", "0,99"], "dst_holds must be in 0..64"),
+    (["calibrate", "--threads", "0"], "threads must be in 1..1024"),
+    (["calibrate", "--param", "work=3"], "--param cannot set work"),
+    (["calibrate", "--param", "entries=3"], "--param cannot set entries"),
+    (["calibrate", "--param", "dev_holds=3"], "--param cannot set dev_holds"),
+    (["calibrate", "--dev-holds", "65"], "dev_holds must be in 0..64"),
+    (["calibrate", "--dst-holds", "x"], "--dst-holds must be integers"),
+    (["instructions", "--workloads", "nope"], "unknown workload 'nope'"),
+    (["instructions", "--ops", "0"], "--ops must be >= 1"),
 ]
 
 
@@ -234,7 +264,7 @@ def test_script_rejects_other_workloads_strategies(tmp_path: Path) -> None:
     proc = script("netdev", "--strategies", "locked", "-o", str(tmp_path / "x.json"), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("percpu.bench: error: unknown strategy 'locked' "
-                                   "(valid: netdev: atomic, bigref, percpu)")
+                                   "(valid: netdev: atomic, bigref, percpu, atomic-sharedline)")
     assert not (tmp_path / "x.json").exists()
 
 
@@ -347,7 +377,7 @@ def test_plan_and_defaults() -> None:
     assert [p.name for p in points] == ["packet/bigref+percpu/t2", "netdev/percpu/t2"]
     assert dict(points[0].params)["work"] == 0
     assert dict(points[1].params) == {"unregister_every": 5}
-    assert dict(points[0].params)["unregister_every"] == 100000
+    assert dict(points[0].params)["unregister_every"] == 0
     with pytest.raises(bench.UsageError, match="no selected workload"):
         bench.plan(["stat"], None, [1], {"work": 1})
     with pytest.raises(bench.UsageError, match="no thread counts"):
@@ -394,3 +424,125 @@ def test_output_writes_whole_files(tmp_path: Path) -> None:
         bench.Output(str(path), "new").check()
     with pytest.raises(ValueError):
         bench.Output(str(path), "sideways")
+
+
+# calibrate -------------------------------------------------------------------
+
+def synthetic_measure(strategies: Any, params: Any) -> dict[str, list[float]]:
+    """A machine where a packet costs its work plus 10 per atomic hold and 1
+    per per-CPU one: the fit has an exact answer."""
+    cost = {"atomic": 10.0, "bigref": 1.0, "percpu": 1.0}
+    out = {}
+    for s in strategies:
+        dev, dst = s.split("+")
+        t = params["work"] + params["dev_holds"] * cost[dev] + params["dst_holds"] * cost[dst]
+        out[s] = [1e9 / t, 1e9 / t * 1.0001]
+    return out
+
+
+def test_calibration_finds_the_exact_fit_of_a_known_machine() -> None:
+    from percpu.bench import _calibrate
+
+    fit = _calibrate.calibrate(threads=2, dst_holds=range(1, 9), measure=synthetic_measure)
+    # bigref+percpu +55% needs work = 8.45 (1 + k) / 0.55; then bigref+atomic
+    # gains 9 / (work + 1 + 10k): k=5 is nearest +6% (+6.28%).
+    assert fit.params["dst_holds"] == 5
+    assert abs(fit.params["work"] - 8.45 * 6 / 0.55) <= 1
+    assert fit.residuals["bigref+percpu"] == pytest.approx(0.0, abs=0.5)
+    assert fit.residuals["bigref+atomic"] == pytest.approx(100 * (9 / (92 + 51) - 0.06), abs=0.1)
+    assert {(c.dev_holds, c.dst_holds) for c in fit.candidates} == {(1, k) for k in range(1, 9)}
+    # The best three by the search, measured again; the fit is one of them.
+    # (+0.28, -0.66, -1.36 points for 5, 6, 7; 4 is +1.6)
+    assert {c.dst_holds for c in fit.finalists} == {5, 6, 7}
+    assert (fit.params["dst_holds"], fit.params["work"]) in {(c.dst_holds, c.work) for c in fit.finalists}
+    assert all(r == pytest.approx(100 * (fit.gains[s] - fit.seed[s])) for s, r in fit.residuals.items())
+    # Its other parameters are the registry's.
+    assert {k: v for k, v in fit.params.items() if k not in ("work", "dst_holds", "dev_holds")} == \
+        {k: v for k, v in workloads.WORKLOADS["packet"].params.items() if k not in ("work", "dst_holds", "dev_holds")}
+    assert fit.params["dev_holds"] == 1
+    # Two device holds per packet: with +55% matched, 10 route holds give
+    # bigref+atomic +6.28% and 11 give +5.77%: 11 is nearer the seed's +6%.
+    two = _calibrate.calibrate(threads=2, dev_holds=[2], dst_holds=[9, 10, 11], measure=synthetic_measure)
+    assert (two.params["dev_holds"], two.params["dst_holds"]) == (2, 11)
+    by_holds = {c.dst_holds: c.residuals["bigref+atomic"] for c in two.candidates}
+    assert by_holds[10] == pytest.approx(0.28, abs=0.05) and by_holds[11] == pytest.approx(-0.23, abs=0.05)
+
+
+def test_calibration_says_when_the_seed_is_out_of_reach() -> None:
+    from percpu.bench import _calibrate
+
+    def flat(strategies: Any, params: Any) -> dict[str, list[float]]:
+        return {s: [1.0, 1.0] for s in strategies}
+
+    fit = _calibrate.calibrate(threads=2, dst_holds=[1], measure=flat)
+    assert fit.candidates[0].note == "below the seed's gain even without other work"
+    assert fit.params["work"] == 0 and fit.gains == {"bigref+atomic": 0.0, "bigref+percpu": 0.0}
+
+
+def test_calibrate_command_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "fit.json"
+    proc = cli("calibrate", "--threads", "2", "--dst-holds", "1,2", "--seconds", "0.005",
+               "--repeat", "2", "--steps", "1", "--max-work", "64", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads(out.read_text())
+    assert fit["threads"] == 2 and fit["params"]["dst_holds"] in (1, 2)
+    assert set(fit["gains"]) == set(fit["residuals"]) == {"bigref+atomic", "bigref+percpu"}
+    for s, r in fit["residuals"].items():
+        assert r == pytest.approx(100 * (fit["gains"][s] - fit["seed"][s]))
+    assert fit["seed"] == {"bigref+atomic": 0.06, "bigref+percpu": 0.55}
+    assert [c["dst_holds"] for c in fit["candidates"]] == [1, 2]
+    assert sorted(c["dst_holds"] for c in fit["finalists"]) == [1, 2]
+    assert "residual" in proc.stdout and "seed x445" in proc.stdout
+    assert f"--param packet.work={fit['params']['work']}" in proc.stdout
+    assert "dev_holds=1 dst_holds=1: work=" in proc.stderr
+
+
+# instructions ----------------------------------------------------------------
+
+needs_valgrind = pytest.mark.skipif(
+    __import__("shutil").which("valgrind") is None,
+    reason="valgrind is not installed: instruction counts need callgrind")
+
+
+@needs_valgrind
+def test_instruction_counts_follow_the_model() -> None:
+    from percpu.bench import _instructions
+
+    base = dict(workloads.WORKLOADS["packet"].params)
+    specs = [
+        ("netdev", "atomic", {"unregister_every": 0}),
+        ("netdev", "atomic-sharedline", {"unregister_every": 0}),
+        ("packet", "atomic+atomic", {**base, "work": 0, "dst_holds": 1}),
+        ("packet", "atomic+atomic", {**base, "work": 0, "dst_holds": 3}),
+        ("packet", "atomic+atomic", {**base, "work": 400, "dst_holds": 3}),
+        ("pycounter", "percpu", {"inplace": 0}),
+    ]
+    c = _instructions.measure(specs, ops=2000)
+    assert [x.strategy for x in c] == [s for _, s, _ in specs]
+    # The control changes where the count is, not what runs.
+    assert c[0].per_op is not None and c[0].per_op == pytest.approx(c[1].per_op, rel=0.01)
+    assert c[0].per_op > 10
+    one, three, worked = c[2].per_op, c[3].per_op, c[4].per_op
+    assert one is not None and three is not None and worked is not None
+    # Two more route clones (a get, a put, two uses each) per packet.
+    assert three - one > 2 * 4
+    # The work loop: at least a multiply and an add per unit.
+    assert worked - three >= 2 * 400
+    assert c[5].per_op is None and "Python-level" in c[5].why
+    assert c[0].path.startswith("cpu ")
+
+
+@needs_valgrind
+def test_sweep_with_instructions(tmp_path: Path) -> None:
+    out = tmp_path / "ins.json"
+    proc = cli("run", "--workloads", "netdev", "--strategies", "atomic", "atomic-sharedline",
+               "--threads", "1,2", "--instructions", *TINY, "-o", str(out), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    benches = load(out)
+    counts = {n: b.get_metadata()["percpu_instructions_per_op"] for n, b in benches.items()}
+    assert set(counts) == {f"netdev/{s}/t{t}" for s in ("atomic", "atomic-sharedline") for t in (1, 2)}
+    # One count per strategy, stamped on every thread count.
+    assert counts["netdev/atomic/t1"] == counts["netdev/atomic/t2"] > 0
+    assert counts["netdev/atomic/t1"] == pytest.approx(counts["netdev/atomic-sharedline/t1"], rel=0.01)
+    meta = benches["netdev/atomic/t1"].get_metadata()
+    assert meta["percpu_instructions_path"].startswith("cpu ")

@@ -17,9 +17,9 @@ def test_features_keys_and_types() -> None:
     assert f["membarrier"] in (None, "expedited", "rseq")
     assert f["cacheline"] in (64, 128)
     assert f["nr_cpus"] == percpu.nr_cpus() >= 1
-    assert f["cpu_source"] in ("rseq", "getcpu", "thread")
-    # rseq fast paths need the rseq cpu source.
-    assert not f["rseq"] or f["cpu_source"] == "rseq"
+    assert f["cpu_source"] in ("mm_cid", "rseq", "getcpu", "thread")
+    # rseq fast paths need ids from the rseq area.
+    assert not f["rseq"] or f["cpu_source"] in ("mm_cid", "rseq")
 
 
 def test_current_cpu_in_range_from_many_threads() -> None:

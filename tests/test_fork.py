@@ -51,8 +51,14 @@ def child_checks(inherited, base):
         c = COUNTERS[name]()
         r = hammer(c, 3, 5000, mixed=True)
         assert c.value() == r["expected"], name
-    h = _alloc.get_default_pool().alloc(24)
-    _alloc.get_default_pool().free(h)
+    pool = _alloc.get_default_pool()
+    h = pool.alloc(24)
+    pool.free(h)
+    # These wait for every per-CPU cache's lock: a lock held at fork by a
+    # thread the child does not have would hang here.
+    pool.stats()
+    pool.drain()
+    assert pool.stats()["cached_objects"] == 0
     stats = _core.registry_stats()
     # Only the forking thread survives: the parent's other threads' records
     # were given back by the atfork handler.
@@ -60,7 +66,10 @@ def child_checks(inherited, base):
     _core.synchronize()
     t = _lab.team_selftest(2, 1000)
     assert t["cells"] == [1000, 1000]
-    assert percpu.features() == FEATURES
+    # The same choice in the child; the slot bound only ever grows.
+    now = percpu.features()
+    assert now["slots_in_use"] >= FEATURES["slots_in_use"], (now, FEATURES)
+    assert dict(now, slots_in_use=0) == dict(FEATURES, slots_in_use=0), (now, FEATURES)
 
 
 FEATURES = percpu.features()
@@ -157,5 +166,130 @@ print("ok")
     # the child can fall into is most of the time, not a rare one.
     # A healthy child is done in well under a second (more under ASan).
     child_timeout = "30" if os.environ.get("PERCPU_SANITIZED") else "5"
+    out = run_python(code, {"PERCPU_NO_RSEQ": no_rseq, "CHILD_TIMEOUT": child_timeout}, timeout=400)
+    assert out.strip() == "ok"
+
+
+REFS_BUSY = r"""
+from percpu import AtomicRef, BigRef, PercpuRef
+
+# Shared with the child: each reference some thread is working on right now.
+refs = {"atomic": AtomicRef(), "bigref": BigRef(), "percpu": PercpuRef(), "cycle": PercpuRef(),
+        "teamed": PercpuRef()}
+stop = threading.Event()
+errors = []
+
+
+def guarded(fn):
+    def run():
+        try:
+            while not stop.is_set():
+                fn()
+        except BaseException as e:
+            errors.append(e)
+    return run
+
+
+def switching():
+    # Mode switches: grace period and fold under the reference's lock.
+    r = refs["percpu"]
+    r.switch_to_atomic()
+    r.switch_to_percpu()
+    r.get()
+    r.kill()
+    r.resurrect()
+    r.put()
+    r.value()
+
+
+def cycling():
+    # kill, release, reinit; kill_and_confirm every other round.
+    r = refs["cycle"]
+    r.get()
+    if r.value() & 1:
+        r.kill_and_confirm(lambda: None)
+    else:
+        r.kill()
+    r.put()
+    r.reinit()
+
+
+def replacing():
+    # New objects: a BigRef disowned and released, an AtomicRef killed.
+    for name, cls in (("bigref", BigRef), ("atomic", AtomicRef)):
+        old = refs[name]
+        refs[name] = cls()
+        old.get()
+        old.kill()
+        old.put()
+
+
+def teaming():
+    # Native threads: gets and puts on the rseq or fallback path.
+    _lab._team_refops(refs["teamed"], 2, 2000)
+
+
+def child_refs():
+    # Every inherited reference: the locked paths (value, switches, kill)
+    # must not find a lock that a parent's thread held at fork time.
+    for name, r in refs.items():
+        r.value()
+        r.tryget() and r.put()
+        if isinstance(r, PercpuRef):
+            for op in (r.switch_to_atomic, r.switch_to_percpu, r.resurrect):
+                try:
+                    op()
+                except RuntimeError:
+                    pass  # not allowed in the state the fork caught it in
+            r.is_zero()
+    # New references through a whole life each.
+    for cls in (AtomicRef, BigRef, PercpuRef):
+        n = cls()
+        n.get()
+        n.kill()
+        assert n.put() is True and n.released and n.value() == 0
+    _core.synchronize()
+
+
+workers = [switching, cycling, replacing]
+# Under ASan a child forked while the team creates threads can hang in
+# libasan itself (see test_fork_while_native_threads_are_busy).
+if not os.environ.get("PERCPU_SANITIZED"):
+    workers.append(teaming)
+threads = [threading.Thread(target=guarded(f)) for f in workers]
+for t in threads:
+    t.start()
+results = []
+for i in range(FORKS):
+    time.sleep(0.005)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child_refs()
+        except BaseException:
+            import traceback; traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    results.append(wait_child(pid))
+    if results[-1] != 0:
+        break  # a deadlock costs the whole child timeout
+stop.set()
+for t in threads:
+    t.join()
+assert not errors, errors
+assert results == [0] * FORKS, results
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("no_rseq", ["0", "1"], ids=["rseq", "fallback"])
+def test_fork_while_references_change(no_rseq: str) -> None:
+    # Threads switch, kill, resurrect, release and reinit references, make
+    # and drop new ones, and a native team gets and puts, while the main
+    # thread forks again and again. A child forked while a thread held a
+    # reference's switch lock (inside a grace period, say) would wait on it
+    # forever: each child must finish within its timeout.
+    child_timeout = "30" if os.environ.get("PERCPU_SANITIZED") else "5"
+    code = PRELUDE + "FORKS = 40\n" + REFS_BUSY
     out = run_python(code, {"PERCPU_NO_RSEQ": no_rseq, "CHILD_TIMEOUT": child_timeout}, timeout=400)
     assert out.strip() == "ok"

@@ -14,65 +14,24 @@ from __future__ import annotations
 
 import ctypes
 import operator
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import percpu
 from percpu import _alloc
 from percpu.counters import COUNTERS, CounterBase
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+from .fuzzing import ANYTHING, EDGE_INTS, INT64_MAX, INT64_MIN, SETTINGS, expect, wrap64
+
 NR_CPUS = percpu.nr_cpus()
-
-SETTINGS = settings(
-    max_examples=500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-
-
-
-def wrap64(v: int) -> int:
-    return (v + 2**63) % 2**64 - 2**63
-
-
-#: Every kind of argument a caller could pass by mistake or on purpose.
-EDGE_INTS = [0, 1, -1, 2, INT64_MAX, INT64_MIN, INT64_MAX - 1, INT64_MIN + 1, 2**63, -(2**63) - 1,
-             2**64, -(2**64), 10**30, -(10**30), 2**31, -(2**31)]
-ANYTHING = st.one_of(
-    st.integers(min_value=-1000, max_value=1000),
-    st.integers(min_value=INT64_MIN, max_value=INT64_MAX),
-    st.integers(),
-    st.sampled_from(EDGE_INTS),
-    st.booleans(),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.none(),
-    st.text(max_size=3),
-    st.binary(max_size=3),
-    st.sampled_from([np.int64(7), np.int32(-3), np.uint64(2**64 - 1), np.float64(1.0)]),
-    st.lists(st.integers(), max_size=2),
-    st.sampled_from([1 + 0j, object()]),
-)
 
 
 def is_pyint(x: object) -> bool:
     return isinstance(x, int)
-
-
-def expect(call: Callable[[], Any], allowed: tuple[type[BaseException], ...] | None) -> Any:
-    """Run ``call``: with ``allowed`` None it must succeed, otherwise it must
-    raise exactly one of ``allowed`` (never anything else, never succeed)."""
-    if allowed is None:
-        return call()
-    with pytest.raises(allowed):
-        call()
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -103,20 +62,27 @@ def _make_counter(name: str, ctor_arg: object) -> tuple[CounterBase | None, type
         return None, type(e)
 
 
+def is_count(x: object) -> bool:
+    """A size or count argument: an int or anything with __index__, but no bool."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
 def _ctor_expectation(name: str, arg: object) -> tuple[type[BaseException], ...] | None:
-    """What the documented constructor does with ``arg``."""
-    if name in ("approx", "striped"):
-        if arg is None:
-            return None
-        if not is_pyint(arg):
+    """What the documented constructor does with ``arg`` (None: the default)."""
+    if arg is None:
+        return None
+    if name in ("approx", "striped", "perthread"):
+        if not is_count(arg):
             return (TypeError,)
-        hi = 2**40 if name == "approx" else 65536
-        return None if 1 <= arg <= hi else (ValueError,)  # type: ignore[operator]
-    if name == "perthread":
-        # capacity: an int in 1..PC_MAX_THREADS (PC_MAX_THREADS is 1024).
-        if not is_pyint(arg):
-            return (TypeError,)
-        return None if 1 <= arg <= 1024 else (ValueError,)  # type: ignore[operator]
+        # capacity: 1..PC_MAX_THREADS (1024)
+        hi = {"approx": 2**40, "striped": 65536, "perthread": 1024}[name]
+        return None if 1 <= operator.index(arg) <= hi else (ValueError,)  # type: ignore[arg-type]
     return None
 
 
@@ -329,8 +295,16 @@ def _pool_sequence(pool: Any, ops: list[tuple[Any, ...]], naive: bool) -> None:
                 ok = True
             else:
                 h = a
-                ok = is_pyint(h) and not isinstance(h, bool) and h in live
-                if not ok and aliases_live(h):
+                # The pools take any integer (operator.index, bool excepted), so
+                # numpy's int64(7) names the live handle 7 as well.
+                try:
+                    index = None if isinstance(h, bool) else operator.index(h)
+                except TypeError:
+                    index = None
+                ok = index is not None and index in live
+                if ok:
+                    h = index
+                elif aliases_live(h):
                     continue
             if ok:
                 if op == "free":

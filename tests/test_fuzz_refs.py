@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from percpu import REFS
 
-from .test_fuzz import ANYTHING, SETTINGS, expect
+from .fuzzing import ANYTHING, SETTINGS, expect
 
 OPS = ["get", "put", "tryget", "tryget_live", "value", "kill", "kill_and_confirm", "released",
        "is_fast", "switch_to_atomic", "switch_to_percpu", "resurrect", "reinit", "is_zero",
@@ -158,7 +158,7 @@ def test_reference_call_sequences(kind: str, ops: list[tuple[str, Any, Any]]) ->
                 assert r.is_zero() is m.released
         elif op == "wait":
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-                if timeout != timeout:  # NaN
+                if timeout != timeout or timeout < 0:  # NaN, negative
                     expect(lambda: r.wait_released(timeout), (ValueError,))
                 else:
                     assert r.wait_released(timeout) is m.released

@@ -26,6 +26,7 @@ import percpu
 from percpu.report import ReportError, compute_findings, load_file, load_results, write_report
 from percpu.report import stats
 from percpu.report.plots import PLOT_SIZE_PX
+from percpu.workloads import WORKLOADS
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +41,15 @@ TIMES_NS: dict[str, dict[str, tuple[float, ...]]] = {
         "striped": (2.1, 2.6, 5.4),
         "racy": (0.5, 2.4, 4.9),
     },
-    "netdev": {"atomic": (3.0, 17.0, 35.0), "bigref": (1.9, 2.1, 4.4), "percpu": (1.6, 1.8, 3.7)},
-    "dst": {"atomic": (4.0, 19.0, 38.0), "bigref": (2.6, 2.9, 6.0), "percpu": (2.2, 2.4, 5.0)},
+    "netdev": {"atomic": (3.0, 17.0, 35.0), "bigref": (1.9, 2.1, 4.4), "percpu": (1.6, 1.8, 3.7),
+               "atomic-sharedline": (3.0, 24.0, 50.0)},
+    "dst": {"atomic": (4.0, 19.0, 38.0), "bigref": (2.6, 2.9, 6.0), "percpu": (2.2, 2.4, 5.0),
+            "atomic-sharedline": (4.0, 26.0, 52.0)},
     "packet": {
         "atomic+atomic": (95.0, 120.0, 245.0),
         "bigref+atomic": (93.0, 113.0, 231.0),
         "bigref+percpu": (90.0, 78.0, 158.0),
+        "atomic-sharedline+atomic-sharedline": (95.0, 140.0, 290.0),
     },
     "pycounter": {
         "atomic": (48.0, 60.0),
@@ -82,8 +86,15 @@ FEATURES = {"rseq": True, "membarrier": "rseq", "cacheline": 64, "nr_cpus": 2, "
 ALL_WORKLOADS = ("stat", "netdev", "dst", "packet")
 
 
+#: Fairness of the time-bounded probe at 2+ threads; 0.97 where not listed.
+FAIRNESS = {("stat", "locked"): 0.45, ("netdev", "atomic-sharedline"): 0.7}
+
+
 def _extras(workload: str, strategy: str, index: int, threads: int, ops: int) -> dict[str, int | float]:
     extras: dict[str, int | float] = {}
+    extras["percpu_hot_line"] = int(strategy in WORKLOADS[workload].hot_line)
+    if threads >= 2:
+        extras["percpu_fairness"] = FAIRNESS.get((workload, strategy), 0.97)
     if workload == "stat":
         extras["percpu_bytes_per_object"] = STAT_BYTES.get(strategy, 8.0)
     if workload in ("stat", "pycounter"):
@@ -114,6 +125,7 @@ def make_suite(
     shared_noise: bool = False,
     metadata: Mapping[str, Any] | None = None,
     per_run_figures: bool = False,
+    instructions: Mapping[tuple[str, str], float] | None = None,
 ) -> pyperf.BenchmarkSuite:
     """A percpu.bench-like suite: one benchmark per (workload, strategy, threads).
 
@@ -121,7 +133,8 @@ def make_suite(
     drop removes metadata keys; shared_noise gives every point the same relative
     noise pattern, so points with equal times have identical samples;
     per_run_figures makes each run (worker process) report its own workload
-    figures, run r giving (r + 1) times the table's, as separate pyperf workers do.
+    figures, run r giving (r + 1) times the table's, as separate pyperf workers do;
+    instructions gives (workload, strategy) points percpu_instructions_per_op.
     """
     import random
 
@@ -146,12 +159,16 @@ def make_suite(
                     "percpu_workload": workload,
                     "percpu_strategy": strategy,
                     "percpu_threads": t,
+                    "percpu_baseline": WORKLOADS[workload].baseline,
                     "percpu_params": json.dumps(PARAMS[workload]),
                     "percpu_nr_cpus": 2,
                     "percpu_features": json.dumps(FEATURES),
                     "percpu_version": percpu.__version__,
                 })
                 md.update(_extras(workload, strategy, index, t, loops * nvalues * t))
+                if instructions and (workload, strategy) in instructions:
+                    md["percpu_instructions_per_op"] = instructions[(workload, strategy)]
+                    md["percpu_instructions_path"] = "cpu getcpu, refs sections"
                 md.update(metadata or {})
                 for key in dropped:
                     md.pop(key, None)
@@ -161,7 +178,7 @@ def make_suite(
                     run_md = dict(md)
                     if per_run_figures:
                         for key, value in _extras(workload, strategy, index, t, loops * nvalues * t).items():
-                            if key in run_md and key != "percpu_exact":
+                            if key in run_md and key not in ("percpu_exact", "percpu_hot_line", "percpu_fairness"):
                                 run_md[key] = value * (r + 1)
                     runs.append(pyperf.Run(values, warmups=[(loops, base_ns * 1.3e-9)],
                                            metadata=run_md, collect_metadata=False))
@@ -202,6 +219,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 EXPECTED_FILES = {
     "report.md", "index.html", "bytes_per_object.png", "netdev_unregister_latency.png",
     *(f"throughput_{w}.png" for w in ALL_WORKLOADS), *(f"speedup_{w}.png" for w in ALL_WORKLOADS),
+    *(f"fairness_{w}.png" for w in ALL_WORKLOADS),
 }
 
 
@@ -309,6 +327,86 @@ def test_packet_ordering_follows_the_data(tmp_path: Path) -> None:
     assert "does not hold" in broken and "`bigref+atomic` >= `bigref+percpu`" in broken
 
 
+def test_model_vs_seed(tmp_path: Path) -> None:
+    # 2 CPUs: the seed's 8 clients are 2 threads here. 120 / 113 and 120 / 78 ns.
+    text = _one(_findings(tmp_path, shared_noise=True), "Model vs seed at 2 threads")
+    assert "`bigref+atomic` +6.2% (seed +6.0%, residual +0.2 points)" in text
+    assert "`bigref+percpu` +53.8% (seed +55.0%, residual -1.2 points)" in text
+    assert "work=64" in text
+    path = tmp_path / "seed.json"
+    make_suite(workloads=("packet",), shared_noise=True).dump(str(path))
+    write_report([path], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Model vs seed" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `bigref+percpu` | +55.0% | +30.0% |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3].startswith("+53.8% +- ") and cells[4] == "-1.2" and cells[5].startswith("significant")
+    # Without the seed's thread count there is nothing to set beside it.
+    assert not [f for f in _findings(tmp_path, threads=(1, 4)) if f.startswith("Model vs seed")]
+
+
+def test_false_sharing_control(tmp_path: Path) -> None:
+    findings = _findings(tmp_path, shared_noise=True)
+    text = _one(findings, "`netdev` false sharing vs true contention at 4 threads")
+    # 50 -> 35 ns: +42.9%; 50 -> 3.7 ns: the per-CPU gain; padding gets
+    # (1/35 - 1/50) / (1/3.7 - 1/50) of it.
+    share = (1 / 35 - 1 / 50) / (1 / 3.7 - 1 / 50)
+    assert "gains +42.9%" in text and f"gets {100 * share:.0f}% of the per-CPU gain" in text
+    packet = _one(findings, "`packet` false sharing vs true contention at 4 threads")
+    assert "`atomic-sharedline+atomic-sharedline` -> `atomic+atomic`" in packet
+    share = (1 / 245 - 1 / 290) / (1 / 158 - 1 / 290)
+    assert f"gets {100 * share:.0f}% of the per-CPU gain" in packet
+    path = tmp_path / "fs.json"
+    make_suite(workloads=("netdev", "packet"), shared_noise=True).dump(str(path))
+    write_report([path], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## False sharing vs true contention" in md
+    assert any(line.startswith("| `netdev` | 4 |") and line.rstrip().endswith(f"| {100 * (1 / 35 - 1 / 50) / (1 / 3.7 - 1 / 50):.0f}% |")
+               for line in md.splitlines())
+
+
+def test_fairness_is_reported_where_a_thread_can_starve(tmp_path: Path) -> None:
+    findings = _findings(tmp_path)
+    text = _one(findings, "Fairness (fewest / most ops per thread")
+    assert "`stat/locked` at 2 threads 0.45" in text and "`netdev/atomic-sharedline` at 2 threads 0.70" in text
+    assert "every strategy with a hot line stayed" not in text
+    everywhere = _one(_findings(tmp_path, metadata={"percpu_fairness": 0.95}), "Fairness")
+    assert "every strategy with a hot line stayed at or above 0.8" in everywhere
+    path = tmp_path / "fair.json"
+    make_suite(workloads=("stat",), threads=(1, 2)).dump(str(path))
+    written = {p.name for p in write_report([path], tmp_path / "out")}
+    assert "fairness_stat.png" in written
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| fairness |" in md.splitlines()[next(i for i, l in enumerate(md.splitlines()) if l.startswith("| strategy | threads"))]
+    row = next(line for line in md.splitlines() if line.startswith("| `locked` | 2 |"))
+    assert "| 0.45 |" in row
+    one_thread = next(line for line in md.splitlines() if line.startswith("| `locked` | 1 |"))
+    assert "| - |" in one_thread
+    # No hot-line point measured: no plot.
+    path = tmp_path / "nofair.json"
+    make_suite(workloads=("stat",), threads=(1, 2), drop=("percpu_fairness",)).dump(str(path))
+    written = {p.name for p in write_report([path], tmp_path / "out2")}
+    assert "fairness_stat.png" not in written
+
+
+def test_instructions_column(tmp_path: Path) -> None:
+    path = tmp_path / "ins.json"
+    make_suite(workloads=("netdev",), threads=(1, 2),
+               instructions={("netdev", "atomic"): 67.0, ("netdev", "bigref"): 326.5}).dump(str(path))
+    write_report([path], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    lines = md.splitlines()
+    assert any("instr/op (1T, callgrind)" in line for line in lines)
+    assert next(line for line in lines if line.startswith("| `atomic` | 2 |")).rstrip().endswith("| 67.0 |")
+    assert next(line for line in lines if line.startswith("| `bigref` | 1 |")).rstrip().endswith("| 326.5 |")
+    assert next(line for line in lines if line.startswith("| `percpu` | 1 |")).rstrip().endswith("| - |")
+    assert "fallback path (cpu getcpu, refs sections)" in md
+    path = tmp_path / "noins.json"
+    make_suite(workloads=("netdev",), threads=(1, 2)).dump(str(path))
+    write_report([path], tmp_path / "out2")
+    assert "callgrind" not in (tmp_path / "out2" / "report.md").read_text()
+
+
 def test_unregister_latency_and_memory_findings(tmp_path: Path) -> None:
     findings = _findings(tmp_path)
     latency = _one(findings, "`netdev` unregister latency at 4 threads")
@@ -375,6 +473,37 @@ def test_two_files_are_compared_side_by_side(results_file: Callable[..., Path], 
     assert png_size(out / "throughput_stat.png") == PLOT_SIZE_PX
     page = (out / "index.html").read_text()
     assert 'href="throughput_stat.png"' in page and "one line per (file, strategy)" in page
+
+
+def test_gil_and_free_threaded_runs_side_by_side_from_python(
+        results_file: Callable[..., Path], tmp_path: Path) -> None:
+    gil = results_file("gil/results.json", workloads=("pycounter",), shared_noise=True,
+                       metadata={"percpu_free_threaded": 0, "percpu_gil_enabled": 1,
+                                 "percpu_idiom": "c.inc()"})
+    ft = results_file("ft/results.json", workloads=("pycounter",), shared_noise=True,
+                      scale={("pycounter", "percpu"): 0.5},
+                      metadata={"percpu_free_threaded": 1, "percpu_gil_enabled": 0,
+                                "percpu_idiom": "c.inc()"})
+    out = tmp_path / "py"
+    proc = run_cli(str(gil), str(ft), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    section = md[md.index("## From Python"):]
+    assert "- `gil`: GIL build; shared: `c.inc()`" in section
+    assert "- `ft`: free-threaded, GIL off; shared: `c.inc()`" in section
+    header = next(line for line in section.splitlines() if line.startswith("| strategy |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "strategy", "gil, 1 thread", "gil, 2 threads", "gil, 2T/1T",
+        "ft, 1 thread", "ft, 2 threads", "ft, 2T/1T", "exact"]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in section.splitlines() if line.startswith("| `")}
+    # Total ns per increment at 2 threads over 1: 47 / (2 * 46) and 140 / (2 * 75).
+    assert cells["`percpu`"][3] == "0.51" and cells["`percpu`"][6] == "0.51"
+    assert float(cells["`percpu`"][1]) == pytest.approx(46, rel=0.05)
+    assert float(cells["`percpu`"][4]) == pytest.approx(23, rel=0.05)
+    assert cells["`locked`"][3] == "0.93"
+    assert cells["`racy`"][-1].startswith("gil 2T: no (lost")
+    assert "| free-threaded build | no | yes |" in md and "| GIL enabled | yes | no |" in md
 
 
 def test_file_labels_are_short_and_unique(tmp_path: Path) -> None:

@@ -1,243 +1,299 @@
-"""The four workloads' native kernels: every strategy at 1, 2 and 4 threads,
-their self-checks, their figures, the slow paths (unregister, churn) actually
-taken, bad input, and the non-rseq fallback in a subprocess."""
+"""percpu.workloads: the registry, run()'s validation and its result."""
 from __future__ import annotations
 
-import json
+import dataclasses
+import sys
 import time
-from typing import Any, Callable
+import types
+from typing import Any, Iterator
 
 import pytest
 
-from percpu import _workloads as wl
-from percpu.counters import COUNTERS, EXACT_COUNTERS
+from percpu import workloads
+from percpu.workloads import WORKLOADS, Workload, run
 
-from .conftest import run_python
+REFS = ("atomic", "bigref", "percpu", "atomic-sharedline")
+PACKET_DEFAULTS = {"work": 280, "dev_holds": 1, "dst_holds": 1, "routes": 1,
+                   "unregister_every": 0, "churn_every": 0}
+EXPECTED = {
+    "stat": (("atomic", "locked", "percpu", "perthread", "approx", "striped", "racy"),
+             {"counters": 64, "read_every": 1000}),
+    "netdev": (REFS, {"unregister_every": 100000}),
+    "dst": (REFS, {"entries": 1024, "churn_every": 10000}),
+    "packet": (tuple(f"{a}+{b}" for a in REFS for b in REFS), PACKET_DEFAULTS),
+}
+ALL_POINTS = [(w, s) for w in EXPECTED for s in EXPECTED[w][0]]
 
-THREADS = [1, 2, 4]
-REFS = ["atomic", "bigref", "percpu"]
-PAIRS = [f"{a}+{b}" for a in REFS for b in REFS]
-STANDARD = ("seconds", "wall_ns", "ops", "ops_per_sec", "threads")
+
+@pytest.fixture
+def fake_kernels() -> Iterator[list[tuple[Any, ...]]]:
+    """A stand-in percpu._workloads whose kernels record their calls."""
+    calls: list[tuple[Any, ...]] = []
+    module = types.ModuleType("percpu._workloads")
+
+    def make(name: str) -> Any:
+        def kernel(strategy: str, threads: int, ops: int, params: dict[str, int],
+                   duration_ns: int = 0) -> dict[str, Any]:
+            calls.append((name, strategy, threads, ops, params))
+            return {"wall_ns": 2_000_000, "ops": threads * ops, "unregisters": 3,
+                    "unregister_latency_mean_us": 12.5}
+        return kernel
+
+    for name in EXPECTED:
+        setattr(module, f"run_{name}", make(name))
+    saved = sys.modules.get("percpu._workloads")
+    sys.modules["percpu._workloads"] = module
+    try:
+        yield calls
+    finally:
+        if saved is None:
+            del sys.modules["percpu._workloads"]
+        else:
+            sys.modules["percpu._workloads"] = saved
 
 
-def timed(run: Callable[..., dict[str, Any]], *args: Any) -> tuple[dict[str, Any], float]:
-    """run(*args) and the seconds the call took, by a clock of the test's own."""
+def test_registry_matches_the_contract() -> None:
+    # pycounter (percpu.pycounter) registers itself; its strategies depend
+    # on the peers installed and are tested in test_pycounter.py.
+    assert list(WORKLOADS) == [*EXPECTED, "pycounter"]
+    for name, (strategies, params) in EXPECTED.items():
+        w = WORKLOADS[name]
+        assert w.name == name and w.description
+        assert w.strategies == strategies
+        assert dict(w.params) == params
+        assert w.baseline in w.strategies
+    assert len(ALL_POINTS) == 7 + 4 + 4 + 16
+
+
+def test_hot_line_strategies() -> None:
+    # The strategies whose every op writes a line all threads write: the
+    # shared counts and the lock, and every packet pair with one of them.
+    assert WORKLOADS["stat"].hot_line == {"atomic", "locked", "racy"}
+    assert WORKLOADS["netdev"].hot_line == {"atomic", "atomic-sharedline"}
+    packet = WORKLOADS["packet"].hot_line
+    assert "atomic+percpu" in packet and "bigref+atomic-sharedline" in packet
+    assert "bigref+percpu" not in packet and "percpu+bigref" not in packet
+    assert len(packet) == 16 - 4
+    assert WORKLOADS["pycounter"].hot_line == frozenset()
+    with pytest.raises(ValueError, match="hot_line of 'w' names unknown strategies y"):
+        Workload("w", "d", ("x",), {}, hot_line=frozenset({"y"}))
+
+
+def test_workload_is_frozen_and_its_defaults_cannot_be_edited() -> None:
+    w = WORKLOADS["stat"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.name = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        w.params["counters"] = 1  # type: ignore[index]
+    assert w.params["counters"] == 64
+
+
+@pytest.mark.parametrize("workload,strategy", ALL_POINTS)
+def test_run_every_strategy(workload: str, strategy: str) -> None:
     t0 = time.perf_counter()
-    res = run(*args)
-    return res, time.perf_counter() - t0
+    r = run(workload, strategy, 2, 3000)
+    elapsed = time.perf_counter() - t0
+    assert r["workload"] == workload and r["strategy"] == strategy
+    assert r["threads"] == 2
+    assert r["ops"] == 2 * 3000
+    # Within the call, by the test's own clock; so the rate is at least the
+    # rate over the whole call.
+    assert isinstance(r["seconds"], float) and 0 < r["seconds"] <= elapsed
+    assert r["ops_per_sec"] >= r["ops"] / elapsed
+    assert r["params"] == EXPECTED[workload][1]
+    if workload == "stat":
+        # Counters must report whether they lost updates.
+        assert r["lost_updates"] >= 0 and r["exact"] in (0, 1)
+        if strategy != "racy":
+            assert r["observed"] == 2 * 3000
+            assert r["lost_updates"] == 0 and r["exact"] == 1
 
 
-def check_standard(res: dict[str, Any], threads: int, ops: int, elapsed: float) -> None:
-    for key in STANDARD:
-        assert key in res, key
-    assert res["threads"] == threads
-    assert res["ops"] == threads * ops
-    # The team's time lies within the call, so its rate is at least the
-    # rate over the whole call (the test's clock, not the result's own).
-    assert 0 < res["seconds"] <= elapsed and res["wall_ns"] > 0
-    assert res["ops_per_sec"] >= res["ops"] / elapsed
+def test_run_zero_ops() -> None:
+    r = run("netdev", "atomic", 1, 0)
+    assert r["ops"] == 0 and r["seconds"] >= 0
 
 
-def interval(every: int, threads: int) -> int:
-    """Thread 0 acts every `every // threads` of its own ops (team-wide `every`)."""
-    return max(1, every // threads)
+def test_params_override_defaults() -> None:
+    r = run("packet", "bigref+percpu", 1, 10, work=0, churn_every=7)
+    assert r["params"] == {**PACKET_DEFAULTS, "work": 0, "churn_every": 7}
 
 
-# stat ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("strategy", sorted(COUNTERS))
-def test_stat(strategy: str, threads: int) -> None:
-    ops = 20000
-    res, elapsed = timed(wl.run_stat, strategy, threads, ops, {"counters": 16, "read_every": 300})
-    check_standard(res, threads, ops, elapsed)
-    assert res["counters"] == 16
-    assert res["reads"] == threads * (ops // 300)
-    assert res["bytes_per_object"] > 0
-    assert res["expected"] == threads * ops
-    if strategy in EXACT_COUNTERS:
-        assert res["observed"] == threads * ops
-        assert res["exact"] == 1 and res["lost_updates"] == 0
-    else:
-        # racy: never more than was added; exact only when nothing was lost.
-        assert 0 < res["observed"] <= threads * ops
-        assert res["exact"] == int(res["observed"] == threads * ops)
-        assert 0 <= res["lost_updates"] < threads * ops
-
-
-def test_stat_defaults_and_memory_figures() -> None:
-    res = wl.run_stat("percpu", 1, 1000)
-    assert res["counters"] == 64 and res["read_every"] == 1000 and res["reads"] == 1
-    per_cpu = wl.run_stat("percpu", 1, 10)["bytes_per_object"]
-    atomic = wl.run_stat("atomic", 1, 10)["bytes_per_object"]
-    perthread = wl.run_stat("perthread", 1, 10)["bytes_per_object"]
-    # The point of the 2005 allocator: a per-CPU counter packs its slots, so on
-    # a few CPUs it is smaller than one padded shared line; a per-thread one
-    # pads every slot to a line.
-    assert atomic == 64
-    assert perthread > atomic
-    assert 0 < per_cpu
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("nope", "atomic", 1, 1), {}, r"unknown workload 'nope'; valid: stat, netdev, dst, packet"),
+    (("stat", "bigref", 1, 1), {}, r"unknown strategy 'bigref' .*valid: atomic, locked, percpu"),
+    (("packet", "atomic", 1, 1), {}, r"valid: atomic\+atomic, atomic\+bigref"),
+    (("netdev", "atomic", 0, 1), {}, r"threads must be in 1\.\.1024, not 0"),
+    (("netdev", "atomic", -3, 1), {}, r"not -3"),
+    (("netdev", "atomic", 1025, 1), {}, r"not 1025"),
+    (("netdev", "atomic", 1, -1), {}, r"ops must be in 0\.\.2\*\*40, not -1"),
+    (("netdev", "atomic", 1, 2**40 + 1), {}, r"ops must be in 0\.\.2\*\*40"),
+    (("stat", "atomic", 1, 1), {"counter": 3}, r"unknown parameter\(s\) counter .*counters=64, read_every=1000"),
+    (("stat", "atomic", 1, 1), {"counters": 0}, r"stat\.counters must be in 1\.\.1048576, not 0"),
+    (("stat", "atomic", 1, 1), {"counters": 2**20 + 1}, r"stat\.counters must be in 1\.\.1048576"),
+    (("dst", "atomic", 1, 1), {"churn_every": -1}, r"churn_every must be in 0\.\."),
+    (("dst", "atomic", 1, 1), {"entries": 2**24 + 1}, r"dst\.entries must be in 1\.\.16777216"),
+    (("packet", "atomic+atomic", 1, 1), {"routes": 0}, r"packet\.routes must be in 1\.\.16777216, not 0"),
+    (("packet", "atomic+atomic", 1, 1), {"dst_holds": 65}, r"packet\.dst_holds must be in 0\.\.64, not 65"),
+    (("packet", "atomic+atomic", 1, 1), {"dev_holds": -1}, r"packet\.dev_holds must be in 0\.\.64, not -1"),
+    (("packet", "atomic+atomic", 1, 1), {"work": 2**24 + 1}, r"packet\.work must be in 0\.\.16777216"),
+    (("packet", "atomic+atomic", 1, 1), {"entries": 4}, r"unknown parameter\(s\) entries .*routes=1"),
+    (("netdev", "atomic-sharedline+atomic", 1, 1), {}, r"unknown strategy"),
+])
+def test_run_rejects_bad_input(args: tuple[Any, ...], kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        run(*args, **kwargs)
 
 
-def test_stat_never_reads() -> None:
-    assert wl.run_stat("atomic", 2, 5000, {"read_every": 0})["reads"] == 0
+@pytest.mark.parametrize("value,kind", [("8", "str"), (True, "bool"), (2.0, "float"), (None, "NoneType")])
+def test_run_rejects_non_int_params(value: Any, kind: str) -> None:
+    with pytest.raises(TypeError, match=f"dst\\.entries must be an int, not {kind}"):
+        run("dst", "atomic", 1, 1, entries=value)
 
 
-# netdev --------------------------------------------------------------------
-
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("strategy", REFS)
-def test_netdev(strategy: str, threads: int) -> None:
-    ops = 20000
-    res, elapsed = timed(wl.run_netdev, strategy, threads, ops, {"unregister_every": 2000})
-    check_standard(res, threads, ops, elapsed)
-    expected = ops // interval(2000, threads)
-    assert res["unregisters"] + res["unregister_failures"] == expected
-    assert res["unregisters"] > 0
-    assert res["created"] == res["released"] == res["unregisters"] + 1
-    assert res["unregister_latency_mean_us"] > 0
-    assert res["unregister_latency_max_us"] >= res["unregister_latency_mean_us"]
+@pytest.mark.parametrize("threads,ops", [(1.0, 1), ("2", 1), (True, 1), (1, 1.5), (1, None), (1, False)])
+def test_run_rejects_non_int_threads_and_ops(threads: Any, ops: Any) -> None:
+    with pytest.raises(TypeError, match="must be an int"):
+        run("stat", "atomic", threads, ops)
 
 
-def test_netdev_without_unregister() -> None:
-    res = wl.run_netdev("bigref", 2, 10000, {"unregister_every": 0})
-    assert res["unregisters"] == 0 and res["created"] == res["released"] == 1
-    assert res["unregister_latency_mean_us"] == 0.0
+def test_native_kernels_are_used_when_present(fake_kernels: list[tuple[Any, ...]]) -> None:
+    r = run("dst", "bigref", 3, 7, entries=16)
+    assert fake_kernels == [("dst", "bigref", 3, 7, {"entries": 16, "churn_every": 10000})]
+    assert r["seconds"] == pytest.approx(0.002)
+    assert r["ops"] == 21
+    assert r["ops_per_sec"] == pytest.approx(21 / 0.002)
+    assert r["kernel"] == "native"
+    assert r["unregisters"] == 3 and r["unregister_latency_mean_us"] == 12.5
+    assert "wall_ns" not in r
 
 
-# dst -----------------------------------------------------------------------
+def test_run_timed_passes_the_duration_and_measures_fairness(
+        fake_kernels: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    module = sys.modules["percpu._workloads"]
+    seen = []
 
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("strategy", REFS)
-def test_dst(strategy: str, threads: int) -> None:
-    ops = 20000
-    res, elapsed = timed(wl.run_dst, strategy, threads, ops, {"entries": 64, "churn_every": 400})
-    check_standard(res, threads, ops, elapsed)
-    assert res["entries"] == 64
-    assert res["churns"] + res["churn_failures"] == ops // interval(400, threads)
-    assert res["churns"] > 0
-    assert res["created"] == res["released"] == 64 + res["churns"]
-    assert res["bytes_per_entry"] > 0
+    def kernel(strategy: str, threads: int, ops: int, params: dict[str, int],
+               duration_ns: int = 0) -> dict[str, Any]:
+        seen.append((strategy, threads, ops, params, duration_ns))
+        return {"wall_ns": 250_000_000, "ops": 1000, "thread_ops": [400, 600]}
 
-
-def test_dst_bytes_per_entry_counts_the_pool() -> None:
-    atomic = wl.run_dst("atomic", 1, 100, {"entries": 256})["bytes_per_entry"]
-    bigref = wl.run_dst("bigref", 1, 100, {"entries": 256})["bytes_per_entry"]
-    # Same entry struct; the per-CPU kinds add their slots in the pool.
-    assert bigref > atomic
+    monkeypatch.setattr(module, "run_netdev", kernel)
+    r = workloads.run_timed("netdev", "atomic", 2, 0.25)
+    assert seen == [("atomic", 2, workloads.MAX_OPS, {"unregister_every": 100000}, 250_000_000)]
+    assert r["thread_ops"] == [400, 600] and r["fairness"] == pytest.approx(400 / 600)
+    assert r["duration"] == 0.25 and r["ops"] == 1000 and r["seconds"] == pytest.approx(0.25)
+    # run() never passes a duration: a kernel written before it keeps working.
+    run("netdev", "atomic", 2, 5)
+    assert seen[-1][-1] == 0
 
 
-# packet --------------------------------------------------------------------
-
-@pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("strategy", PAIRS)
-def test_packet(strategy: str, threads: int) -> None:
-    ops = 4000
-    params = {"work": 10, "entries": 32, "unregister_every": 1000, "churn_every": 200}
-    res, elapsed = timed(wl.run_packet, strategy, threads, ops, params)
-    check_standard(res, threads, ops, elapsed)
-    assert res["work"] == 10
-    assert res["unregisters"] + res["unregister_failures"] == ops // interval(1000, threads)
-    assert res["churns"] + res["churn_failures"] == ops // interval(200, threads)
-    assert res["unregisters"] > 0 and res["churns"] > 0
-    assert res["created"] == res["released"] == 1 + res["unregisters"] + 32 + res["churns"]
-    assert res["unregister_latency_mean_us"] > 0
-    assert res["bytes_per_entry"] > 0
+def test_run_timed_needs_per_thread_counts(fake_kernels: list[tuple[Any, ...]]) -> None:
+    # The fake kernels report no thread_ops: a timed run cannot say how fair it was.
+    with pytest.raises(RuntimeError, match="no per-thread ops"):
+        workloads.run_timed("dst", "bigref", 2, 0.1)
 
 
-def test_packet_work_costs_time() -> None:
-    # Not a timing assertion on the machine's speed: 200x the work per op in
-    # the same number of ops can only take longer if the loop is not removed.
-    light = wl.run_packet("atomic+atomic", 1, 20000, {"work": 0, "churn_every": 0,
-                                                       "unregister_every": 0})
-    heavy = wl.run_packet("atomic+atomic", 1, 20000, {"work": 2000, "churn_every": 0,
-                                                       "unregister_every": 0})
-    assert heavy["seconds"] > light["seconds"]
+@pytest.mark.parametrize("seconds,error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                           (float("inf"), ValueError), (3601, ValueError),
+                                           ("1", TypeError), (True, TypeError), (None, TypeError)])
+def test_run_timed_rejects_bad_seconds(seconds: Any, error: type) -> None:
+    with pytest.raises(error, match="seconds must be"):
+        workloads.run_timed("netdev", "atomic", 1, seconds)
 
 
-def test_zero_ops() -> None:
-    for run, strategy in ((wl.run_stat, "percpu"), (wl.run_netdev, "percpu"),
-                          (wl.run_dst, "bigref"), (wl.run_packet, "bigref+percpu")):
-        res = run(strategy, 2, 0)
-        assert res["ops"] == 0
+@pytest.mark.parametrize("counts,expected", [
+    ([5], None), ([], None), ([0, 0], None), ([3, 3, 3], 1.0), ([1, 4], 0.25), ([0, 9], 0.0),
+    ([10, 5, 20], 0.25),
+])
+def test_fairness(counts: list[int], expected: float | None) -> None:
+    assert workloads.fairness(counts) == expected
 
 
-# bad input -----------------------------------------------------------------
-
-@pytest.mark.parametrize("run", [wl.run_stat, wl.run_netdev, wl.run_dst, wl.run_packet])
-def test_bad_input(run: Any) -> None:
-    good = "atomic+atomic" if run is wl.run_packet else "atomic"
-    with pytest.raises(ValueError):
-        run("nope", 1, 10)
-    with pytest.raises(ValueError):
-        run(good, 0, 10)
-    with pytest.raises(ValueError):
-        run(good, 2000, 10)
-    with pytest.raises(ValueError):
-        run(good, 1, -1)
-    with pytest.raises(TypeError):
-        run(good, 1.5, 10)
-    with pytest.raises(TypeError):
-        run(good, 1, "10")
-    with pytest.raises(ValueError):
-        run(good, 1, 10, {"bogus": 1})
-    with pytest.raises(TypeError):
-        run(good, 1, 10, [("a", 1)])
-
-
-@pytest.mark.parametrize("bad", ["atomic", "atomic+", "+atomic", "a+b+c", "atomic+nope", 3])
-def test_packet_bad_strategy(bad: object) -> None:
-    with pytest.raises(ValueError):
-        wl.run_packet(bad, 1, 10)  # type: ignore[arg-type]
-
-
-def test_bad_params() -> None:
-    with pytest.raises(ValueError):
-        wl.run_stat("atomic", 1, 10, {"counters": 0})
-    with pytest.raises(ValueError):
-        wl.run_stat("atomic", 1, 10, {"read_every": -1})
-    with pytest.raises(TypeError):
-        wl.run_stat("atomic", 1, 10, {"counters": 1.5})  # type: ignore[dict-item]
-    with pytest.raises(ValueError):
-        wl.run_dst("atomic", 1, 10, {"entries": 0})
-    with pytest.raises(ValueError):
-        wl.run_packet("atomic+atomic", 1, 10, {"work": -1})
-    # A stat strategy is not a reference strategy.
-    with pytest.raises(ValueError):
-        wl.run_netdev("striped", 1, 10)
-
-
-# the non-rseq fallback -----------------------------------------------------
-
-def test_no_rseq_subprocess() -> None:
-    out = run_python(
-        """
-        import json
-        import percpu
-        from percpu import _workloads as wl
-        res = {"cpu_source": percpu.features()["cpu_source"], "runs": []}
-        for t in (1, 3):
-            for s in ("percpu", "approx", "perthread"):
-                res["runs"].append(wl.run_stat(s, t, 5000, {"counters": 8, "read_every": 100}))
-            for s in ("bigref", "percpu"):
-                res["runs"].append(wl.run_netdev(s, t, 5000, {"unregister_every": 500}))
-                res["runs"].append(wl.run_dst(s, t, 5000, {"entries": 16, "churn_every": 100}))
-            for s in ("bigref+percpu", "percpu+bigref"):
-                res["runs"].append(wl.run_packet(s, t, 2000, {"work": 5, "entries": 16,
-                                                           "unregister_every": 500,
-                                                           "churn_every": 100}))
-        print(json.dumps(res))
-        """,
-        env_extra={"PERCPU_NO_RSEQ": "1"},
-    )
-    res = json.loads(out)
-    assert res["cpu_source"] != "rseq"
-    assert len(res["runs"]) == 2 * (3 + 4 + 2)
-    for r in res["runs"]:
-        assert r["ops"] > 0 and r["ops_per_sec"] > 0
+def test_real_timed_runs_count_every_thread() -> None:
+    for name, strategy in (("stat", "locked"), ("netdev", "atomic-sharedline"), ("dst", "percpu"),
+                           ("packet", "bigref+atomic"), ("pycounter", "percpu")):
+        r = workloads.run_timed(name, strategy, 2, 0.02)
+        counts = r["thread_ops"]
+        assert len(counts) == 2 and all(c > 0 for c in counts)
+        # Every op a thread did is in the total, and the checks of the
+        # fixed-count run (exact sums, releases) held for these counts too.
+        assert r["ops"] == sum(counts)
+        assert r["fairness"] == min(counts) / max(counts)
         if "exact" in r:
-            assert r["exact"] == 1
-        if "unregisters" in r:
-            assert r["unregisters"] > 0 and r["created"] == r["released"]
-        if "churns" in r:
-            assert r["churns"] > 0 and r["created"] == r["released"]
+            assert r["exact"] == 1 and r["expected"] == sum(counts)
+        if "released" in r:
+            assert r["created"] == r["released"]
+
+
+def test_validation_happens_before_the_kernel(fake_kernels: list[tuple[Any, ...]]) -> None:
+    with pytest.raises(ValueError):
+        run("dst", "bigref", 0, 7)
+    assert fake_kernels == []
+
+
+def test_every_builtin_workload_runs_its_native_kernel() -> None:
+    for name in ("stat", "netdev", "dst", "packet"):
+        strategy = workloads.WORKLOADS[name].strategies[0]
+        assert run(name, strategy, 1, 50)["kernel"] == "native"
+
+
+def test_registry_is_open() -> None:
+    calls = []
+
+    def kernel(strategy: str, threads: int, ops: int, params: dict[str, int]) -> dict[str, Any]:
+        calls.append((strategy, threads, ops, params))
+        return {"seconds": 0.5, "lost_updates": 0}
+
+    w = Workload("pyextra", "a Python-level workload", ("percpu", "peer:lock+int"),
+                 {"batch": 4}, unavailable={"peer:nothere": "not installed"}, kernel=kernel)
+    workloads.register(w)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            workloads.register(w)
+        r = run("pyextra", "peer:lock+int", 2, 10)
+        assert calls == [("peer:lock+int", 2, 10, {"batch": 4})]
+        assert r["kernel"] == "python" and r["ops"] == 20 and r["ops_per_sec"] == 40.0
+        with pytest.raises(ValueError, match="cannot run here: not installed"):
+            run("pyextra", "peer:nothere", 1, 1)
+    finally:
+        del WORKLOADS["pyextra"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": ""}, "non-empty"),
+    ({"name": "a/b"}, "without '/'"),
+    ({"strategies": ("x", "x")}, "twice"),
+    ({"strategies": ("a/b",)}, "without '/'"),
+    ({"strategies": ()}, "no strategies"),
+    ({"params": {"n": "1"}}, "must be an int"),
+    ({"minimums": {"m": 0}}, "unknown parameter"),
+])
+def test_workload_definition_is_checked(kwargs: dict[str, Any], match: str) -> None:
+    base: dict[str, Any] = {"name": "w", "description": "d", "strategies": ("x",), "params": {"n": 1}}
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        Workload(**base)
+
+
+def test_register_rejects_non_workloads() -> None:
+    with pytest.raises(TypeError):
+        workloads.register("stat")  # type: ignore[arg-type]
+
+
+def test_strategies_match_the_counter_and_ref_registries() -> None:
+    import percpu
+
+    counters = getattr(percpu, "COUNTERS", None)
+    refs = getattr(percpu, "REFS", None)
+    if counters is None and refs is None:
+        pytest.skip("percpu.COUNTERS / percpu.REFS are not built yet")
+    if counters is not None:
+        assert set(workloads.COUNTER_STRATEGIES) == set(counters)
+    if refs is not None:
+        # The library's classes, then the lab's layout controls of them.
+        assert workloads.REF_STRATEGIES == (*refs, *workloads.REF_LAYOUTS)
+        assert not set(workloads.REF_LAYOUTS) & set(refs)
+        assert set(workloads.REF_LAYOUTS.values()) <= set(refs)
+        assert workloads.ref_operations("atomic-sharedline") == "atomic"
+        assert workloads.ref_operations("bigref") == "bigref"

@@ -6,22 +6,41 @@ from __future__ import annotations
 
 import os as _os
 
-from percpu._core import current_cpu, features, nr_cpus
-from percpu.alloc import NaivePool, PerCPUPool
-from percpu.counters import (
-    COUNTERS,
-    ApproxCounter,
-    AtomicCounter,
-    Counter,
-    LockedCounter,
-    PerCPUCounter,
-    PerThreadCounter,
-    RacyCounter,
-    StripedCounter,
-)
-from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
+from percpu._version import __version__
 
-__version__ = "0.1.0"
+try:
+    from percpu._core import current_cpu, features, nr_cpus
+except ImportError as _exc:
+    # Without the compiled core (a checkout that was never built, a machine
+    # without a C compiler) the pure-Python parts still import: percpu.report
+    # compares result files anywhere. The compiled names then say why they
+    # are missing when first used.
+    if _exc.name != "percpu._core":
+        raise
+    _missing_core = _exc
+
+    def __getattr__(name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(
+            f"percpu.{name} needs the compiled core, which is not built here "
+            f"({_missing_core}); install percpu with pip (a C compiler is needed "
+            "to build it from source)"
+        )
+else:
+    from percpu.alloc import NaivePool, PerCPUPool
+    from percpu.counters import (
+        COUNTERS,
+        ApproxCounter,
+        AtomicCounter,
+        Counter,
+        LockedCounter,
+        PerCPUCounter,
+        PerThreadCounter,
+        RacyCounter,
+        StripedCounter,
+    )
+    from percpu.refs import REFS, AtomicRef, BigRef, PercpuRef
 
 
 def get_include() -> str:

@@ -1,5 +1,7 @@
 from typing import Any
 
+MAX_THREADS: int
+
 
 def nr_cpus() -> int: ...
 def current_cpu() -> int: ...

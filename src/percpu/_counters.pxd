@@ -11,8 +11,9 @@ cdef extern from "percpu.h" nogil:
     ctypedef struct pc_locked_counter:
         int64_t value
     ctypedef struct pc_percpu_counter:
-        char *base
+        char *base              # nr_cpus + 1 slots from a PerCPUPool, stride apart
         size_t stride
+        pc_registry *reg        # the slow path adopts the process's cpu-id choice from it
     ctypedef struct pc_perthread_counter:
         char *slots
         int32_t capacity
@@ -23,6 +24,7 @@ cdef extern from "percpu.h" nogil:
         char *base
         size_t stride
         int64_t batch
+        pc_registry *reg
     ctypedef struct pc_striped_counter:
         pc_cell *cells
         uint32_t mask
@@ -44,6 +46,7 @@ cdef extern from "percpu.h" nogil:
 
 
 cdef class CounterBase:
+    cdef bint _configured   # __init__ has run (it runs once: it may move the storage)
     cdef void _add(self, int64_t v) noexcept nogil
     cdef int64_t _read(self) noexcept nogil
 

@@ -3,8 +3,8 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from percpu._alloc import NaivePool, PerCPUPool
-from percpu._counters import CounterBase
-from percpu._refs import _Ref
+from percpu._counters import CounterBase, PerThreadCounter
+from percpu._refs import PercpuRef, _Ref
 
 class TeamResult(TypedDict):
     wall_ns: int
@@ -33,7 +33,22 @@ def hammer(
     run_ns: int = ...,
     interrupt_ns: int = ...,
 ) -> HammerResult: ...
+class AllocFreeResult(TypedDict):
+    threads: int
+    ops: int
+    wall_ns: int
+    done: list[int]
+    corrupt: int
+    nonzero: int
+    failures: int
+    ns_per_pair: float
+    pairs_per_sec: float
+
+def alloc_free(
+    pool: PerCPUPool | NaivePool, threads: int, ops: int, size: int = 8, pin: bool = ...
+) -> AllocFreeResult: ...
 def _stress(pool: PerCPUPool | NaivePool, threads: int, ops: int, size: int = 64) -> dict[str, Any]: ...
+def _free_race(pool: PerCPUPool | NaivePool, threads: int, objects: int, size: int = 8) -> dict[str, Any]: ...
 def _percpu_add_stress(
     pool: PerCPUPool, threads: int, ops: int, run_ns: int = 0, interrupt_ns: int = 0
 ) -> dict[str, Any]: ...
@@ -64,4 +79,9 @@ def _team_refops(
     run_ns: int = 0,
     interrupt_ns: int = 0,
 ) -> dict[str, Any]: ...
-
+def _tryget_live_vs_kill(
+    threads: int, rounds: int, shared: bool, confirm: bool, max_delay: int = 20000, seed: int = 1
+) -> dict[str, int]: ...
+def _misused_get_vs_tryget(kind: str, threads: int, ops: int) -> dict[str, Any]: ...
+def _release_frees_object(kind: str, how: str, really_free: bool = False) -> dict[str, Any]: ...
+def _registry_after_exit(counter: PerThreadCounter, ref: PercpuRef) -> dict[str, Any]: ...

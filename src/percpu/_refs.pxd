@@ -23,9 +23,39 @@
 # through something with release/acquire ordering (a team start, a mutex, a
 # release store of the pointer).
 #
+# Lifetime (the nogil contract):
+# - get() needs a reference the caller holds; tryget() and tryget_live() do
+#   not. A get without one is misuse; on a released reference it fails, and
+#   it never makes a concurrent tryget() succeed: the release moves the count
+#   to PCREF_DEAD, far below zero, in one step that only a count of zero
+#   allows, so a stray increment can neither undo a release nor be seen as a
+#   reference.
+# - The release callback runs once, on the thread whose put (or kill, or the
+#   fold of a switch) dropped the last reference, after every holder's
+#   accesses (acquire). The library reads r before calling it and never
+#   touches r after: the callback may ref_destroy() r and free the struct
+#   that holds it, or ref_reinit() it (the kernel's usual patterns). So
+#   PCREF_DONE is set by the library only for references without a callback
+#   (with PCREF_RELEASED, in one store); with a callback, the callback signals
+#   its own end if anyone waits for it (the Python classes set PCREF_DONE from
+#   their callback wrapper; the workloads count the release in the object).
+# - ref_kill(): once it has returned (or kill_and_confirm's confirm has run),
+#   no tryget_live() succeeds until ref_resurrect()/ref_reinit(), on every
+#   path (rseq sections, read-side sections, the shared count when rseq keeps
+#   aborting or the registry is full): every tryget_live() that succeeds has
+#   taken its reference before the kill switched the mode, so the kill's fold
+#   and every ref_value() after it count it. confirm runs on every path where
+#   the kill succeeds, the underflow one included, before any release.
+# - A put without a reference is misuse the library can detect only while r
+#   is still there: if the callback has freed r, that put writes freed memory.
+# - No thread may use r after ref_destroy(r); destroy only a released or
+#   never-shared reference.
+#
 # Return codes of the nogil API:
 #   get:            0 done; PCREF_ERR_STATE (-1) the reference was released
-#   put:            1 this put released it; 0 not; -1 it was already released
+#   put:            1 this put released it; 0 not (a misused get may have
+#                   taken the count back up from zero: that holder's put
+#                   releases); -1 it was already released
 #   tryget*:        1 got a reference; 0 refused
 #   ref_kill*:      1 the kill released it; 0 killed, other holders remain;
 #                   -1 already killed or released; -3 more puts than gets were
@@ -43,6 +73,11 @@ cdef extern from *:
     # Large enough that no run of shared puts can cancel it, small enough that
     # adding the per-CPU sum and the shared gets cannot overflow int64.
     int64_t PCREF_BIAS "((int64_t)1 << 62)"
+    # The count of a released reference. Misused gets add to it (and take
+    # their increment back) without ever coming near zero; any count at or
+    # below PCREF_DEAD_ZONE reads as released (value() reports 0).
+    int64_t PCREF_DEAD "(-((int64_t)1 << 62))"
+    int64_t PCREF_DEAD_ZONE "(-((int64_t)1 << 61))"
 
 cdef enum:
     PCREF_ATOMIC = 0
@@ -59,7 +94,9 @@ cdef enum:
     # pc_ref.state bits
     PCREF_KILLED = 1
     PCREF_RELEASED = 2      # the count reached zero; set by the one releasing thread
-    PCREF_DONE = 4          # the release callback has returned
+    PCREF_DONE = 4          # the release is complete: set with RELEASED when there is
+                            # no callback; otherwise only by whoever the callback
+                            # tells (the Python classes: once on_release returned)
 
 cdef enum:
     PCREF_OP_GET = 0
@@ -101,7 +138,7 @@ cdef int pcref_shared_put(pc_ref *r) noexcept nogil
 cdef int pcref_put_last(pc_ref *r, int64_t old) noexcept nogil
     # a shared put moved the count from old <= 1: release (old == 1) or misuse
 cdef int pcref_undo_get(pc_ref *r) noexcept nogil
-    # a shared get found the count at zero: take it back, report misuse
+    # a shared get found the count released (PCREF_DEAD): take it back, report misuse
 
 cdef int ref_init(pc_ref *r, int kind, pc_pool *pool, bint atomic,
                   pc_ref_release_fn release, void *ctx) noexcept nogil
@@ -114,11 +151,14 @@ cdef int ref_kill(pc_ref *r) noexcept nogil
     # Leave per-CPU mode (grace period, fold) and drop the initial reference.
 cdef int ref_kill_and_confirm(pc_ref *r, pc_ref_release_fn confirm, void *confirm_ctx) noexcept nogil
     # ref_kill; confirm(confirm_ctx) runs once the shared mode is in force and
-    # before the initial reference is dropped, so before any release.
+    # before the initial reference is dropped, so before any release (also
+    # when the fold finds more puts than gets: -3, released after confirm).
 cdef int ref_switch_to_atomic(pc_ref *r) noexcept nogil      # PERCPU only
 cdef int ref_switch_to_percpu(pc_ref *r) noexcept nogil      # PERCPU only, while live
 cdef int ref_resurrect(pc_ref *r) noexcept nogil             # PERCPU: killed, not released
 cdef int ref_reinit(pc_ref *r) noexcept nogil                # PERCPU: released
+    # Also from inside the release callback; from elsewhere, only once the
+    # callback is known to be done with the object.
 cdef int64_t ref_value(pc_ref *r) noexcept nogil
     # Exact when no get/put runs concurrently; takes the switch lock.
 cdef bint ref_is_zero(pc_ref *r) noexcept nogil
@@ -137,8 +177,11 @@ cdef inline bint ref_released(pc_ref *r) noexcept nogil:
 
 cdef inline int atomicref_get(pc_ref *r) noexcept nogil:
     # Relaxed: a new reference is derived from one the caller holds; taking it
-    # publishes nothing (kref_get).
-    if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) > 0):
+    # publishes nothing (kref_get). From zero (a misused get racing the last
+    # put, before the release is decided) the get keeps its reference: taking
+    # it back would leave a window where tryget sees one. Below zero
+    # (PCREF_DEAD) it is released: take the increment back and fail.
+    if PC_LIKELY(pc_fetch_add_i64(&r.count, 1, PC_RELAXED) >= 0):
         return 0
     return pcref_undo_get(r)
 
@@ -242,6 +285,7 @@ cdef class _Ref:
     cdef pc_ref c
     cdef object on_release
     cdef object pool
+    cdef bint _configured   # __init__ has run (it runs once: it may move the slots)
 
 cdef class AtomicRef(_Ref):
     pass

@@ -34,9 +34,9 @@ cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t
     thread's completed ops, or NULL. ``duration_ns`` > 0: kernels that poll
     ``pc_team_expired()`` stop that long after the start (``ops`` is then a
     cap). ``interrupt_ns`` > 0: every thread is interrupted every
-    ``interrupt_ns`` by a signal whose handler yields the CPU (a preemption
-    at a random point; it aborts any rseq section it lands in). Returns the wall time in ns, from the barrier's
-    release to the last thread's finish."""
+    ``interrupt_ns`` by a signal whose handler pauses it (a preemption at a
+    random point; it aborts any rseq section it lands in). Returns the wall
+    time in ns, from the barrier's release to the last thread's finish."""
     cdef pc_team team
     cdef int err
     cdef int64_t *own = NULL
@@ -45,7 +45,8 @@ cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t
     if ops < 0:
         raise ValueError(f"ops must be >= 0, not {ops}")
     if duration_ns < 0 or interrupt_ns < 0:
-        raise ValueError(f"duration_ns and interrupt_ns must be >= 0, not {duration_ns}, {interrupt_ns}")
+        raise ValueError(f"duration_ns and interrupt_ns must be >= 0, not {duration_ns} "
+                         f"and {interrupt_ns}")
     if done == NULL:
         own = <int64_t *>calloc(threads, sizeof(int64_t))
         if own == NULL:

@@ -18,6 +18,7 @@ from percpu._counters import (
 
 Counter = PerCPUCounter
 
+#: Every counter strategy by name, as the benchmarks and the tests know them.
 COUNTERS: dict[str, type[CounterBase]] = {
     "atomic": AtomicCounter,
     "locked": LockedCounter,

@@ -2,7 +2,7 @@
 # in percpu/include/).
 # Cython code: `from percpu.cpercpu cimport pc_current_cpu, pc_percpu_add, ...`
 # and compile with include_dirs=[percpu.get_include()].
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_Import
 
 cdef extern from "percpu.h" nogil:
@@ -14,9 +14,11 @@ cdef extern from "percpu.h" nogil:
     int PC_SEQ_CST
     int PC_MAX_THREADS
     int PC_HAVE_RSEQ_ASM
+    int PC_CPU_UNINIT
     int PC_CPU_RSEQ
     int PC_CPU_GETCPU
     int PC_CPU_THREAD
+    int PC_CPU_MM_CID
     int PC_MB_NONE
     int PC_MB_EXPEDITED
     int PC_MB_EXPEDITED_RSEQ
@@ -55,10 +57,34 @@ cdef extern from "percpu.h" nogil:
     void pc_compiler_barrier()
 
     int64_t pc_now_ns()
+
+    # The process-wide choice of the cpu-id source and fast paths (one per
+    # process, in the registry; see percpu/cpu.h). A module uses it through
+    # its own copy, adopted by pc_registry_import() below, or by the slow
+    # path of an object that carries the registry.
+    ctypedef struct pc_proc:
+        int32_t mode            # PC_CPU_*
+        int32_t nr_cpus         # slots per object for ids; one shared slot follows
+        int32_t sections        # the per-CPU fast paths run rseq critical sections
+        int32_t refs_sections   # references' fast paths too
+        int32_t mm_cid_seen     # the kernel maintains mm_cid
+        int32_t bound           # slots [0, bound) may have been written (read it with pc_slots_in_use)
+        int32_t shared_used     # a shared slot may have been written
+    pc_proc *pc_adopted(pc_proc *proc)
+    int32_t pc_slot_raise(pc_proc *p, uint32_t id)
+        # makes slot `id` (< nr_cpus) usable: code that writes a slot by an
+        # index of its own (not through the fast paths) raises the bound first
+    int32_t pc_slots_in_use(pc_proc *p)
+    int64_t pc_slots_sum(pc_proc *p, const char *base, size_t stride)
+    int pc_possible_cpus_read()
+    int pc_online_cpus()
+    int pc_allowed_cpus()
+
     int pc_nr_cpus()
     int pc_cpu_source()
     const char *pc_cpu_source_name()
     int pc_current_cpu()
+    int pc_current_slot()
     bint pc_rseq_live()
     int pc_rseq_add_i64(char *base, size_t stride, int64_t v)
     int pc_rseq_add_if_i64(const int32_t *mode, char *base, size_t stride, int64_t v)
@@ -73,7 +99,7 @@ cdef extern from "percpu.h" nogil:
         PC_MUT_NONE
         PC_MUT_NO_GRACE_PERIOD
         PC_MUT_SECTION_SKIPPED
-        PC_MUT_RELEASE_TWICE
+        PC_MUT_RELEASE_KEEPS_COUNT
         PC_MUT_TRYGET_LIVE_AFTER_KILL
         PC_MUT_COUNT
     const char *pc_mutant_names[]
@@ -88,6 +114,7 @@ cdef extern from "percpu.h" nogil:
         pass
 
     ctypedef struct pc_registry:
+        pc_proc proc
         int32_t high_water
         int32_t live
         int32_t membarrier
@@ -100,11 +127,19 @@ cdef extern from "percpu.h" nogil:
     void pc_synchronize(pc_registry *reg)
     void pc_fork_track(pc_registry *reg, pc_fork_node *n, void *mutex, int32_t *spin)
     void pc_fork_untrack(pc_registry *reg, pc_fork_node *n)
+    void pc_fork_gate_enter(pc_registry *reg)
+    void pc_fork_gate_leave(pc_registry *reg)
     bint pc_refs_rseq(const pc_registry *reg)
+    pc_proc *pc_adopt_registry(pc_registry *reg)
 
 
 
 cdef inline pc_registry *pc_registry_import() except NULL:
     """The process-wide thread registry owned by percpu._core (call with the GIL,
-    e.g. at module import, and keep the pointer)."""
-    return <pc_registry *>PyCapsule_Import(b"percpu._core._registry", 0)
+    e.g. at module import, and keep the pointer). Also adopts the process's
+    cpu-id choice into this module: call it before the raw per-CPU API
+    (pc_percpu_add, pc_percpu_sum, pc_current_slot, pc_rseq_live, ...)."""
+    cdef pc_registry *reg = <pc_registry *>PyCapsule_Import(b"percpu._core._registry", 0)
+    if reg != NULL:
+        pc_adopt_registry(reg)
+    return reg

@@ -11,6 +11,9 @@
 #   ref_kill(&r)            # grace period, fold, drop the initial reference
 #   ref_destroy(&r)         # after the release: give the per-CPU slots back
 #
+# my_release(my_ctx) may ref_destroy(&r) and free the memory that holds r: the
+# library does not touch r after calling it (see the lifetime rules there).
+#
 # Loops should call the per-strategy functions (atomicref_*, bigref_*,
 # percpuref_*), which inline to the strategy's fast path; ref_get/ref_put
 # dispatch on r.kind per call.

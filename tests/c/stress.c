@@ -16,8 +16,8 @@
  * atomics and cannot prove there is one writer; the exact totals below do.
  *
  * Usage: stress [--rseq-ids] [phase...]
- *   phases: init counters approx perthread grace fork (default: all of them),
- *   source (only prints where cpu ids come from)
+ *   phases: init counters approx perthread grace fork bound (default: all of
+ *   them), source (only prints where cpu ids come from)
  *   --rseq-ids: take cpu ids from the rseq area glibc registered (the default
  *   in the library) instead of forcing the getcpu fallback with
  *   PERCPU_NO_RSEQ=1.
@@ -85,23 +85,39 @@ static pc_registry *registry(void) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* init: every thread's first call races the module's one-time cpu setup      */
+/* init: every thread's first call races this module's adoption of the        */
+/* process-wide choice (the registry made it, once; each module copies it)    */
 
 static void init_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    pc_percpu_counter *c = (pc_percpu_counter *)arg;
     int64_t i, bad = 0;
-    (void)arg;
     (void)tid;
     for (i = 0; i < ops; i++) {
-        int c = pc_current_cpu();
-        if (c < 0 || c >= pc_nr_cpus()) bad++;
+        /* The counter's slow path adopts from c->reg; the raw calls after
+         * it need the adoption to be complete in this thread. */
+        pc_percpu_counter_add(c, 1);
+        int s = pc_current_slot();
+        int cpu = pc_current_cpu();
+        if (cpu < 0 || cpu >= pc_nr_cpus()) bad++;
+        if (s < 0 || s >= pc_slots_in_use(&c->reg->proc)) bad++;
     }
     *done = bad ? -bad : ops;
 }
 
 static void phase_init(void) {
-    /* The barrier releases every thread at once into pc_cpu_source()'s and
-     * pc_nr_cpus()'s first call. */
-    run_team(init_kernel, NULL, THREADS, 64, 0);
+    pc_registry *reg = registry();
+    pc_percpu_counter c;
+    size_t n = (size_t)reg->proc.nr_cpus + 1;
+    /* Forget this module's copy: the barrier releases every thread at once
+     * into the adoption. */
+    memset(&pc_mod, 0, sizeof pc_mod);
+    c.base = (char *)zalloc_aligned(n * PC_CACHELINE);
+    c.stride = PC_CACHELINE;
+    c.reg = reg;
+    run_team(init_kernel, &c, THREADS, 64, 0);
+    CHECK(pc_percpu_counter_read(&c) == THREADS * 64, "init: counter %lld, expected %d",
+          (long long)pc_percpu_counter_read(&c), THREADS * 64);
+    free(c.base);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -177,8 +193,10 @@ static void *counter_new(int kind, size_t *stride_out) {
     }
     case K_PERCPU: {
         pc_percpu_counter *c = (pc_percpu_counter *)zalloc_aligned(sizeof *c);
-        c->base = (char *)zalloc_aligned(n * stride);
+        /* A slot per possible CPU and the shared one, as a pool gives. */
+        c->base = (char *)zalloc_aligned((n + 1) * stride);
         c->stride = stride;
+        c->reg = registry();
         return c;
     }
     case K_PERTHREAD: {
@@ -192,7 +210,7 @@ static void *counter_new(int kind, size_t *stride_out) {
     case K_APPROX: {
         pc_approx_counter *c = (pc_approx_counter *)zalloc_aligned(sizeof *c);
         if (pc_approx_counter_init(c, registry())) exit(2);
-        c->base = (char *)zalloc_aligned(n * stride);
+        c->base = (char *)zalloc_aligned((n + 1) * stride);
         c->stride = stride;
         c->batch = 4; /* small: most adds fold */
         return c;
@@ -441,15 +459,114 @@ static void phase_fork(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* bound: the slot bound's ordering argument (percpu/cpu.h, pc_proc), tried.  */
+/*
+ * A private pc_proc pretends to have BOUND_IDS possible CPUs and starts with
+ * bound 0. Each writer owns one object (an array of slots) and adds 1 to
+ * slots picked all over [0, BOUND_IDS), raising the bound first, exactly as
+ * the library's slow paths do; every so often it publishes how many adds it
+ * made (release). The reader thread checks, for each writer, that the sum
+ * over [0, bound) (pc_slots_sum: an acquire load of the bound) counts at
+ * least the adds published: an add whose raise the sum's bound load missed
+ * would be missing. At the end, as an allocator reusing the objects would,
+ * it zeroes [0, bound) of each object with plain stores and then checks
+ * every slot is zero: a write beyond the bound it loaded would show, and a
+ * write not ordered before its zeroing would be a race for TSan.
+ */
+#define BOUND_IDS 64
+#define BOUND_WRITERS (THREADS - 1)
+
+typedef struct {
+    pc_proc proc;
+    int64_t *objs[BOUND_WRITERS];  /* BOUND_IDS + 1 slots each, a line apart */
+    int64_t published[BOUND_WRITERS];
+    int64_t short_sums;  /* reader saw fewer adds than published */
+    int64_t checks;
+    int32_t writers_done;
+} bound_job;
+
+#define BOUND_STRIDE (PC_CACHELINE / sizeof(int64_t))
+
+static void bound_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
+    bound_job *b = (bound_job *)arg;
+    if (tid > 0) {
+        int w = tid - 1;
+        int64_t *obj = b->objs[w];
+        int64_t i;
+        for (i = 0; i < ops; i++) {
+            /* The ids spread over a range that grows through the run, so
+             * raises keep coming while the reader reads. */
+            int64_t range = 1 + i * BOUND_IDS / ops;
+            uint32_t id = (uint32_t)((i * 7 + w * 13) % range);
+            if ((int32_t)id >= pc_load_i32(&b->proc.bound, PC_ACQUIRE)) pc_slot_raise(&b->proc, id);
+            /* One writer per object, as a slot has in a section: relaxed
+             * load and store (readers run concurrently). */
+            pc_store_i64(&obj[id * BOUND_STRIDE],
+                         pc_load_i64(&obj[id * BOUND_STRIDE], PC_RELAXED) + 1, PC_RELAXED);
+            /* Release: a reader that sees the count sees the adds. */
+            if ((i & 63) == 63) {
+                pc_store_i64(&b->published[w], i + 1, PC_RELEASE);
+                /* Two CPUs, four threads: let the reader in. */
+                if ((i & 1023) == 1023) sched_yield();
+            }
+        }
+        pc_store_i64(&b->published[w], ops, PC_RELEASE);
+        pc_fetch_add_i32(&b->writers_done, 1, PC_RELEASE);
+        *done = ops;
+        return;
+    }
+    {
+        int w, finished;
+        do {
+            finished = pc_load_i32(&b->writers_done, PC_ACQUIRE) == BOUND_WRITERS;
+            for (w = 0; w < BOUND_WRITERS; w++) {
+                int64_t seen = pc_load_i64(&b->published[w], PC_ACQUIRE);
+                int64_t sum = pc_slots_sum(&b->proc, (const char *)b->objs[w],
+                                           BOUND_STRIDE * sizeof(int64_t));
+                if (sum < seen) b->short_sums++;
+                b->checks++;
+            }
+            sched_yield();
+        } while (!finished);
+        /* The allocator's zeroing: [0, bound) only, then every slot. */
+        for (w = 0; w < BOUND_WRITERS; w++) {
+            int32_t c, n = pc_slots_in_use(&b->proc);
+            for (c = 0; c < n; c++) b->objs[w][c * BOUND_STRIDE] = 0;
+            for (c = 0; c <= BOUND_IDS; c++)
+                if (b->objs[w][c * BOUND_STRIDE] != 0) b->short_sums += 1000000;
+        }
+        *done = ops;
+    }
+}
+
+static void phase_bound(void) {
+    bound_job *b = (bound_job *)zalloc_aligned(sizeof *b);
+    int w;
+    b->proc.nr_cpus = BOUND_IDS;
+    b->proc.mode = PC_CPU_GETCPU;
+    for (w = 0; w < BOUND_WRITERS; w++)
+        b->objs[w] = (int64_t *)zalloc_aligned((BOUND_IDS + 1) * PC_CACHELINE);
+    run_team(bound_kernel, b, THREADS, OPS, 0);
+    CHECK(b->short_sums == 0, "bound: %lld sums missed published adds or slots stayed dirty",
+          (long long)b->short_sums);
+    CHECK(b->proc.bound == BOUND_IDS, "bound: %d, expected %d", b->proc.bound, BOUND_IDS);
+    fprintf(stderr, "bound: raised to %d by %d writers, %lld reader checks\n", b->proc.bound,
+            BOUND_WRITERS, (long long)b->checks);
+    for (w = 0; w < BOUND_WRITERS; w++) free(b->objs[w]);
+    free(b);
+}
+
+/* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
     int i, rseq_ids = 0, any = 0;
     for (i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--rseq-ids")) rseq_ids = 1;
     if (!rseq_ids) setenv("PERCPU_NO_RSEQ", "1", 1);
-    /* The one-time cpu setup runs here, before any thread exists, as it does
-     * at import in the library; only the init phase races it on purpose. */
-    if (!(argc == 2 + rseq_ids && !strcmp(argv[argc - 1], "init"))) (void)pc_cpu_source();
+    /* The process-wide choice is made here, before any thread exists, as it
+     * is at import in the library (pc_registry_create); the init phase
+     * races this module's adoption of it on purpose. */
+    (void)registry();
     for (i = 1; i < argc; i++) {
         const char *p = argv[i];
         if (!strcmp(p, "--rseq-ids")) continue;
@@ -461,6 +578,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(p, "source")) (void)pc_cpu_source();
         else if (!strcmp(p, "grace")) phase_grace();
         else if (!strcmp(p, "fork")) phase_fork();
+        else if (!strcmp(p, "bound")) phase_bound();
         else {
             fprintf(stderr, "unknown phase %s\n", p);
             return 2;
@@ -473,6 +591,7 @@ int main(int argc, char **argv) {
         phase_perthread();
         phase_grace();
         phase_fork();
+        phase_bound();
     }
     fprintf(stderr, "cpu source %s, nr_cpus %d, rseq fast paths %s: %s\n", pc_cpu_source_name(),
             pc_nr_cpus(), pc_rseq_live() ? "on" : "off", failures ? "FAILED" : "ok");

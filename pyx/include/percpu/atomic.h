@@ -51,6 +51,14 @@ PC_DEFINE_ARITH(int32_t, i32)
 PC_DEFINE_ARITH(int64_t, i64)
 PC_DEFINE_ARITH(uint64_t, u64)
 
+/* Bit operations on words that several threads change: the old value. */
+static inline uint64_t pc_fetch_or_u64(uint64_t *p, uint64_t v, int mo) {
+    return __atomic_fetch_or(p, v, mo);
+}
+static inline uint64_t pc_fetch_and_u64(uint64_t *p, uint64_t v, int mo) {
+    return __atomic_fetch_and(p, v, mo);
+}
+
 static inline void pc_fence(int mo) { __atomic_thread_fence(mo); }
 /* Orders the compiler only: the other side pays for the hardware fence. */
 static inline void pc_compiler_barrier(void) { __atomic_signal_fence(PC_SEQ_CST); }

@@ -58,18 +58,38 @@ static inline int64_t pc_locked_counter_read(pc_locked_counter *c) {
     return v;
 }
 
-/* percpu: one int64 per CPU (from a PerCPUPool); this_cpu_add(). */
+/* percpu: one int64 per CPU (from a PerCPUPool); this_cpu_add(). The
+ * registry pointer is what the slow path adopts the process's choice from,
+ * so that code which holds only the counter (a user module that cimports
+ * percpu.counters) indexes and protects the slots as every module does. */
 typedef struct {
-    char *base;      /* CPU 0's slot; CPU c's is base + c * stride */
+    char *base;      /* id 0's slot; id c's is base + c * stride; nr_cpus + 1 slots */
     size_t stride;
+    pc_registry *reg;
 } pc_percpu_counter;
 
-static inline void pc_percpu_counter_add(pc_percpu_counter *c, int64_t v) {
-    pc_percpu_add(c->base, c->stride, v);
+/* The choice as adopted by this module: from the counter's registry, or, for
+ * a struct filled in without one, this module's own adoption. */
+static inline pc_proc *pc_percpu_counter_proc(pc_percpu_counter *c) {
+    return PC_LIKELY(c->reg != NULL) ? pc_adopt_registry(c->reg) : pc_mod_proc();
 }
 
+static PC_COLD void pc_percpu_counter_add_slow(pc_percpu_counter *c, int64_t v) {
+    pc_percpu_add_slow(pc_percpu_counter_proc(c), c->base, c->stride, v);
+}
+
+static inline void pc_percpu_counter_add(pc_percpu_counter *c, int64_t v) {
+    if (PC_LIKELY(pc_rseq_add_i64(c->base, c->stride, v) == 0)) return;
+    /* Not adopted yet, no sections, an id not yet below the bound, or
+     * aborted. */
+    pc_percpu_counter_add_slow(c, v);
+}
+
+/* Sums the slots in use: what the running CPUs cost, not the possible ones. */
 static inline int64_t pc_percpu_counter_read(pc_percpu_counter *c) {
-    return pc_percpu_sum(c->base, c->stride);
+    /* Reading needs the bound, not this module's adoption. */
+    return pc_slots_sum(PC_LIKELY(c->reg != NULL) ? &c->reg->proc : pc_mod_proc(), c->base,
+                        c->stride);
 }
 
 /* perthread: one padded slot per registered thread, written only by its
@@ -112,7 +132,9 @@ static inline int64_t pc_perthread_counter_read(pc_perthread_counter *c) {
 /* approx: Linux percpu_counter. Per-CPU deltas stay within (-batch, batch);
  * an add that would leave that range moves the CPU's delta into the shared
  * count under the lock. approx() reads the shared count alone; value() sums
- * everything under the lock, so it never misses a delta in transit. */
+ * everything under the lock, so it never misses a delta in transit. A thread
+ * without an id (see pc_rseq_id_check) adds to the shared count under the
+ * lock: exact, and approx() stays within its bound. */
 typedef struct {
     pthread_mutex_t lock;
     int64_t count;        /* written under lock, read lock-free by approx() */
@@ -120,19 +142,27 @@ typedef struct {
     size_t stride;
     int64_t batch;
     pc_fork_node fork;
+    pc_registry *reg;     /* set by pc_approx_counter_init */
 } PC_CACHELINE_ALIGNED pc_approx_counter;
 
 static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
-    int64_t moved;
+    int64_t moved = v;
+    pc_proc *p = pc_adopt_registry(c->reg);
+    int rc;
     int locked = !pc_mutant(PC_MUT_APPROX_FOLD_UNLOCKED);
     if (locked) pthread_mutex_lock(&c->lock);
-    if (pc_rseq_live()) {
-        /* Empty our CPU's delta inside a critical section: the slot keeps
-         * a single writer (the thread running on its CPU). */
-        while (pc_rseq_take_i64(c->base, c->stride, v, &moved) != 0) {
+    if (p->sections) {
+        /* Empty our id's delta inside a critical section: the slot keeps
+         * a single writer (the thread holding its id). */
+        while ((rc = pc_rseq_try_take(c->base, c->stride, v, &moved)) != 0) {
+            if (pc_rseq_id_check(p) == PC_ID_SHARED) {
+                /* No id: no delta of ours to take; v alone moves. */
+                moved = v;
+                break;
+            }
         }
     } else {
-        int64_t *slot = (int64_t *)(c->base + (size_t)pc_current_cpu() * c->stride);
+        int64_t *slot = (int64_t *)(void *)(c->base + (size_t)pc_current_slot_of(p) * c->stride);
         /* Other threads may add to this slot concurrently: take it
          * atomically. */
         moved = pc_exchange_i64(slot, 0, PC_RELAXED) + v;
@@ -143,21 +173,18 @@ static PC_COLD void pc_approx_counter_fold(pc_approx_counter *c, int64_t v) {
     if (locked) pthread_mutex_unlock(&c->lock);
 }
 
-static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
-    /* A delta of a batch or more goes straight to the shared count. This also
-     * keeps slot + v far from overflow below (|slot| < batch <= 2^40), where
-     * |INT64_MIN| would otherwise pass the bound check. */
-    if (PC_UNLIKELY(v >= c->batch || v <= -c->batch)) {
-        pc_approx_counter_fold(c, v);
-        return;
-    }
-    if (PC_LIKELY(pc_rseq_live())) {
-        int r;
-        while ((r = pc_rseq_add_bounded_i64(c->base, c->stride, v, c->batch)) == 1) {
+static PC_COLD void pc_approx_counter_add_slow(pc_approx_counter *c, int64_t v, int rc) {
+    pc_proc *p = pc_adopt_registry(c->reg);
+    if (p->sections) {
+        /* 1 aborted or no id below the bound: retry while this thread has
+         * an id; 2 the delta would reach the batch: fold. */
+        while (rc == 1) {
+            if (pc_rseq_id_check(p) == PC_ID_SHARED) break;
+            rc = pc_rseq_try_add_bounded(c->base, c->stride, v, c->batch);
         }
-        if (PC_LIKELY(r == 0)) return;
+        if (rc == 0) return;
     } else {
-        int64_t *slot = (int64_t *)(c->base + (size_t)pc_current_cpu() * c->stride);
+        int64_t *slot = (int64_t *)(void *)(c->base + (size_t)pc_current_slot_of(p) * c->stride);
         int64_t old = pc_load_i64(slot, PC_RELAXED);
         /* CAS keeps the delta within the batch even with several threads
          * sharing the slot; relaxed as for every counter update. */
@@ -168,6 +195,20 @@ static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
     pc_approx_counter_fold(c, v);
 }
 
+static inline void pc_approx_counter_add(pc_approx_counter *c, int64_t v) {
+    int rc;
+    /* A delta of a batch or more goes straight to the shared count. This also
+     * keeps slot + v far from overflow below (|slot| < batch <= 2^40), where
+     * |INT64_MIN| would otherwise pass the bound check. */
+    if (PC_UNLIKELY(v >= c->batch || v <= -c->batch)) {
+        pc_approx_counter_fold(c, v);
+        return;
+    }
+    rc = pc_rseq_try_add_bounded(c->base, c->stride, v, c->batch);
+    if (PC_LIKELY(rc == 0)) return;
+    pc_approx_counter_add_slow(c, v, rc);
+}
+
 static inline int64_t pc_approx_counter_approx(pc_approx_counter *c) {
     return pc_load_i64(&c->count, PC_RELAXED);
 }
@@ -175,7 +216,7 @@ static inline int64_t pc_approx_counter_approx(pc_approx_counter *c) {
 static inline int64_t pc_approx_counter_read(pc_approx_counter *c) {
     int64_t s;
     pthread_mutex_lock(&c->lock);
-    s = pc_load_i64(&c->count, PC_RELAXED) + pc_percpu_sum(c->base, c->stride);
+    s = pc_load_i64(&c->count, PC_RELAXED) + pc_slots_sum(&c->reg->proc, c->base, c->stride);
     pthread_mutex_unlock(&c->lock);
     return s;
 }
@@ -228,23 +269,18 @@ static inline int64_t pc_striped_counter_read(pc_striped_counter *c) {
 /* The mutex counters' locks are tracked for fork (see pc_fork_node). */
 static int pc_locked_counter_init(pc_locked_counter *c, pc_registry *reg) {
     c->value = 0;
-    if (pthread_mutex_init(&c->lock, NULL)) return -1;
-    pc_fork_track(reg, &c->fork, &c->lock, NULL);
-    return 0;
+    return pc_tracked_mutex_init(reg, &c->fork, &c->lock);
 }
 static void pc_locked_counter_fini(pc_locked_counter *c, pc_registry *reg) {
-    pc_fork_untrack(reg, &c->fork);
-    pthread_mutex_destroy(&c->lock);
+    pc_tracked_mutex_fini(reg, &c->fork, &c->lock);
 }
 static int pc_approx_counter_init(pc_approx_counter *c, pc_registry *reg) {
     c->count = 0;
-    if (pthread_mutex_init(&c->lock, NULL)) return -1;
-    pc_fork_track(reg, &c->fork, &c->lock, NULL);
-    return 0;
+    c->reg = reg;
+    return pc_tracked_mutex_init(reg, &c->fork, &c->lock);
 }
 static void pc_approx_counter_fini(pc_approx_counter *c, pc_registry *reg) {
-    pc_fork_untrack(reg, &c->fork);
-    pthread_mutex_destroy(&c->lock);
+    pc_tracked_mutex_fini(reg, &c->fork, &c->lock);
 }
 
 #endif /* PERCPU_COUNTERS_H */

@@ -6,6 +6,9 @@
 #ifndef PERCPU_LAB_H
 #define PERCPU_LAB_H
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 #include "percpu.h"
 #include "percpu/team.h"
 
@@ -58,4 +61,5 @@ static void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) {
     *done = i;
 }
 
+#pragma GCC diagnostic pop
 #endif /* PERCPU_LAB_H */

@@ -23,7 +23,7 @@ enum {
     PC_MUT_NO_GRACE_PERIOD,        /* refs: a mode switch folds without a grace period */
     PC_MUT_SECTION_SKIPPED,        /* refs: the no-rseq slot add outside a read-side section */
     PC_MUT_APPROX_FOLD_UNLOCKED,   /* counters.h: ApproxCounter folds without its lock */
-    PC_MUT_RELEASE_TWICE,          /* refs: the release without the RELEASED check */
+    PC_MUT_RELEASE_KEEPS_COUNT,    /* refs: the last put releases but leaves the count at 0 */
     PC_MUT_PERTHREAD_SHARED_SLOT,  /* counters.h: per-thread slots indexed by CPU (two writers) */
     PC_MUT_TRYGET_LIVE_AFTER_KILL, /* refs: the shared tryget_live ignores the kill */
     PC_MUT_COUNT
@@ -31,7 +31,7 @@ enum {
 
 static const char *const pc_mutant_names[PC_MUT_COUNT] PC_MAYBE_UNUSED = {
     "", "fallback_add_plain", "rseq_abort_drops", "no_grace_period", "section_skipped",
-    "approx_fold_unlocked", "release_twice", "perthread_shared_slot", "tryget_live_after_kill",
+    "approx_fold_unlocked", "release_keeps_count", "perthread_shared_slot", "tryget_live_after_kill",
 };
 
 #ifdef PERCPU_MUTANTS

@@ -18,18 +18,29 @@
  */
 #define PC_MAX_THREADS 1024
 
-typedef struct {
+/* Each module (each extension and each user module that cimports the .pxd
+ * files) caches the calling thread's record in a thread-local of its own;
+ * the record links those caches so that handing it back can clear every one
+ * of them (see pc_registry_thread_exit). */
+typedef struct pc_tls_cache {
+    struct pc_thread_rec *rec;   /* NULL: ask the registry (pc_registry_join) */
+    struct pc_tls_cache *next;   /* the next module's cache for the same thread */
+} pc_tls_cache;
+
+typedef struct pc_thread_rec {
     uint64_t seq;      /* odd: inside a fallback section */
     int32_t index;     /* position in the registry, stable for the record */
     int32_t in_use;    /* owned by a live thread */
-    char pad[PC_CACHELINE - 16];
+    pc_tls_cache *caches; /* the owner's caches that point here; owner-only */
+    char pad[PC_CACHELINE - 16 - sizeof(pc_tls_cache *)];
 } PC_CACHELINE_ALIGNED pc_thread_rec;
 
 enum { PC_MB_NONE = 0, PC_MB_EXPEDITED = 1, PC_MB_EXPEDITED_RSEQ = 2 };
 
 /* Fork safety. fork() copies only the calling thread: a lock that another
  * thread held at that moment stays held in the child forever. Every lock of a
- * live pool, counter or reference is listed here; around fork() the forking
+ * live pool or counter is listed here, and the references' switch locks are
+ * covered all at once by the fork gate below; around fork() the forking
  * thread takes them all (percpu._core's pthread_atfork handlers), so the child
  * starts with each one free and the parent's state consistent. Nothing holds
  * one of these locks while taking another, or while taking the list's lock,
@@ -40,7 +51,21 @@ typedef struct pc_fork_node {
     int32_t *spin;            /* or a 0/1 spinlock */
 } pc_fork_node;
 
+/* The references' switch locks are spinlocks inside the reference structs,
+ * and there can be millions of them (a route cache): rather than list each,
+ * one gate covers them all. Every taker passes the gate (pc_fork_gate_enter)
+ * before it takes such a lock and leaves it after releasing the lock; the
+ * fork handler closes the gate and waits until no thread is inside, which is
+ * taking every one of those locks at once. Holders never wait for a fork
+ * handler's lock or for another gated lock, so the wait ends. */
 typedef struct {
+    int32_t closed;    /* 1 while a fork is being prepared */
+    int32_t inside;    /* threads between pc_fork_gate_enter and _leave */
+    char pad[PC_CACHELINE - 8];
+} PC_CACHELINE_ALIGNED pc_fork_gate;
+
+typedef struct {
+    pc_proc proc;        /* the process-wide cpu-id choice and slot bound (own line) */
     pthread_mutex_t lock;
     pthread_key_t key;
     int32_t high_water;  /* records [0, high_water) have been handed out */
@@ -49,8 +74,34 @@ typedef struct {
     int32_t grace_periods;
     pthread_mutex_t fork_lock;  /* guards fork_head's list */
     pc_fork_node fork_head;     /* circular; initialised by percpu._core */
+    pc_fork_gate gate;          /* its own line: passed on every switch lock */
     pc_thread_rec recs[PC_MAX_THREADS];
 } pc_registry;
+
+/* Before taking a gated spinlock. Dekker with pc_fork_prepare: we announce
+ * ourselves, then look at the gate; it closes the gate, then counts us. With
+ * both sides seq_cst, either we see it closed or it sees us inside. */
+static inline void pc_fork_gate_enter(pc_registry *reg) {
+    int spins = 0;
+    for (;;) {
+        pc_fetch_add_i32(&reg->gate.inside, 1, PC_SEQ_CST);
+        if (PC_LIKELY(pc_load_i32(&reg->gate.closed, PC_SEQ_CST) == 0)) return;
+        /* A fork is on its way: step back out (relaxed: we touched nothing
+         * it needs to see) and wait for it to finish. */
+        pc_fetch_add_i32(&reg->gate.inside, -1, PC_RELAXED);
+        /* Relaxed: only says when to try again; the loop re-checks. */
+        while (pc_load_i32(&reg->gate.closed, PC_RELAXED)) {
+            if (++spins < 64) pc_cpu_relax();
+            else sched_yield();
+        }
+    }
+}
+
+/* After releasing the gated lock. Release: the fork handler acquires the
+ * count and then sees that lock free, in the parent and in the child. */
+static inline void pc_fork_gate_leave(pc_registry *reg) {
+    pc_fetch_add_i32(&reg->gate.inside, -1, PC_RELEASE);
+}
 
 static void pc_fork_track(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *mutex,
                           int32_t *spin) {
@@ -73,12 +124,39 @@ static void pc_fork_untrack(pc_registry *reg, pc_fork_node *n) {
     pthread_mutex_unlock(&reg->fork_lock);
 }
 
-static PC_TLS pc_thread_rec *pc_tls_rec;
+/* A mutex of a live object, created and tracked for fork; 0 or -1. */
+static int pc_tracked_mutex_init(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *m) {
+    if (pthread_mutex_init(m, NULL)) return -1;
+    pc_fork_track(reg, n, m, NULL);
+    return 0;
+}
+
+static void pc_tracked_mutex_fini(pc_registry *reg, pc_fork_node *n, pthread_mutex_t *m) {
+    pc_fork_untrack(reg, n);
+    pthread_mutex_destroy(m);
+}
+
+static PC_TLS pc_tls_cache pc_tls_rec;
+
+/* The key's value after the thread's record was handed back (its destructor
+ * ran: the thread is exiting). Never a record: the registry's own address. */
+#define PC_REC_GONE(reg) ((pc_thread_rec *)(void *)(reg))
 
 /* Gives the record of an exiting thread back. Its seq is even (a thread
- * cannot exit inside a section). The mutex hands the record, and the slots it
- * indexes, over to the next owner with a happens-before edge. */
+ * cannot exit inside a section). Every module's cache of it is cleared first
+ * (they are this thread's own thread-locals, still there while the key
+ * destructors run), so no later use in this thread (another key's destructor)
+ * can reach a record that another thread may own by then. The mutex hands
+ * the record, and the slots it indexes, over to the next owner with a
+ * happens-before edge. */
 static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
+    pc_tls_cache *c, *next;
+    for (c = rec->caches; c; c = next) {
+        next = c->next;
+        c->rec = NULL;
+        c->next = NULL;
+    }
+    rec->caches = NULL;
     pthread_mutex_lock(&reg->lock);
     if (rec->in_use) {
         rec->in_use = 0;
@@ -87,13 +165,23 @@ static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
     pthread_mutex_unlock(&reg->lock);
 }
 
+/* This module's cache for the calling thread now points at rec (owned by the
+ * calling thread): link it, so that handing rec back clears it. */
+static void pc_tls_cache_set(pc_thread_rec *rec) {
+    pc_tls_rec.rec = rec;
+    pc_tls_rec.next = rec->caches;
+    rec->caches = &pc_tls_rec;
+}
+
 /* Returns this thread's record, registering it on first use; NULL when the
- * registry is full (callers then take a shared slow path). */
+ * registry is full, or when this thread has already handed its record back
+ * (it is exiting): callers then take a shared slow path. */
 static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
     pc_thread_rec *rec = (pc_thread_rec *)pthread_getspecific(reg->key);
     int i;
+    if (rec == PC_REC_GONE(reg)) return NULL;
     if (rec) {
-        pc_tls_rec = rec;
+        pc_tls_cache_set(rec);
         return rec;
     }
     pthread_mutex_lock(&reg->lock);
@@ -111,13 +199,13 @@ static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
     pthread_mutex_unlock(&reg->lock);
     if (rec) {
         pthread_setspecific(reg->key, rec);
-        pc_tls_rec = rec;
+        pc_tls_cache_set(rec);
     }
     return rec;
 }
 
 static inline pc_thread_rec *pc_thread_record(pc_registry *reg) {
-    pc_thread_rec *rec = pc_tls_rec;
+    pc_thread_rec *rec = pc_tls_rec.rec;
     return PC_LIKELY(rec != NULL) ? rec : pc_registry_join(reg);
 }
 
@@ -138,26 +226,22 @@ static inline void pc_section_exit(pc_thread_rec *rec) {
     pc_store_u64(&rec->seq, rec->seq + 1, PC_RELEASE);
 }
 
-/* Whether reference fast paths may run as rseq critical sections in this
- * module: only where the grace period can abort them, i.e. with
- * MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ registered (kernels 4.18-5.9 have
- * rseq but not that command; plain PRIVATE_EXPEDITED only fences, and a
- * section that read the old mode would then commit after the fold).
- * Otherwise they use the registry's read-side sections. Counters need no
- * such care: they never switch modes. */
-static int pc_refs_rseq_mode; /* per module: 0 undecided, 1 rseq, 2 sections */
+/* The process's choice as adopted by this module, adopting it from the
+ * registry when this module has not yet (objects carry the registry, so
+ * their slow paths can). */
+static inline pc_proc *pc_adopt_registry(pc_registry *reg) { return pc_adopted(&reg->proc); }
 
-static PC_COLD int pc_refs_rseq_init(const pc_registry *reg) {
-    int m = (pc_rseq_live() &&
-             pc_load_i32(&reg->membarrier, PC_RELAXED) == PC_MB_EXPEDITED_RSEQ) ? 1 : 2;
-    /* Racing initialisers store the same value. */
-    pc_store_i32(&pc_refs_rseq_mode, m, PC_RELAXED);
-    return m;
-}
-
+/* Whether reference fast paths run as rseq critical sections: only where the
+ * grace period can abort them, i.e. with MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
+ * registered (kernels 4.18-5.9 have rseq but not that command; plain
+ * PRIVATE_EXPEDITED only fences, and a section that read the old mode would
+ * then commit after the fold). Otherwise they use the registry's read-side
+ * sections. Counters need no such care: they never switch modes. Decided
+ * once per process with the membarrier registration (proc.refs_sections);
+ * this module's copy is 0 until it adopted. Acquire: see pc_adopt(). */
 static inline int pc_refs_rseq(const pc_registry *reg) {
-    int m = pc_load_i32(&pc_refs_rseq_mode, PC_RELAXED);
-    if (PC_UNLIKELY(m == 0)) m = pc_refs_rseq_init(reg);
+    int m = pc_load_i32(&pc_mod.refs, PC_ACQUIRE);
+    if (PC_UNLIKELY(m == 0)) m = pc_adopt((pc_proc *)&reg->proc)->refs_sections ? 1 : 2;
     return m == 1;
 }
 
@@ -172,7 +256,7 @@ static void pc_synchronize(pc_registry *reg) {
         /* Aborts every rseq critical section running in this process and
          * fences every running thread (the IPI runs smp_mb() before
          * rseq_preempt()); preempted ones abort on resume. Used whenever it
-         * is registered, whatever this module decided about rseq: the
+         * is registered, whether references run sections or not: the
          * fence also serves the read-side sections below. */
         pc_membarrier_or_die(PC_MB_PRIVATE_EXPEDITED_RSEQ);
     } else if (mb != PC_MB_NONE) {

@@ -5,6 +5,9 @@
 #ifndef PERCPU_TEAM_H
 #define PERCPU_TEAM_H
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 #include "percpu/base.h"
 #include "percpu/atomic.h"
 #include <signal.h>
@@ -19,8 +22,9 @@
 typedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done);
 
 /* Kernels that honour a time limit check pc_team_expired() once every
- * PC_TEAM_POLL ops (a clock read costs ~20 ns; a poll per 1024 ops is lost
- * in the noise) and report the ops they completed in *done. */
+ * PC_TEAM_POLL ops (a clock read costs ~20 ns: once per 1024 ops it is lost
+ * in the noise, and a thread overruns the limit by fewer than 1024 ops) and
+ * report the ops they completed in *done. */
 #define PC_TEAM_POLL 1024
 
 typedef struct {
@@ -31,9 +35,10 @@ typedef struct {
     void *arg;
     /* 0: every thread runs its ops. > 0: kernels that poll pc_team_expired()
      * stop at their first poll once duration_ns have passed since the
-     * barrier's release, so a run lasts long enough for the scheduler to
-     * preempt its threads (tests that must see threads interleave) and
-     * no longer (the suite stays fast). */
+     * barrier's release: a time-bounded run, where each thread's *done says
+     * how far it got in the same time (fairness); long enough for the
+     * scheduler to preempt the threads, a test that must see them
+     * interleave, and no longer. */
     int64_t duration_ns;
     /* 0: none. > 0: every interrupt_ns each member is interrupted at a
      * random point of its loop by PC_TEAM_SIGNAL, whose handler gives up the
@@ -60,7 +65,7 @@ typedef struct {
     int64_t end_ns;
 } pc_team_member;
 
-/* This thread's deadline (pc_now_ns() time), or 0: none. Set by the team
+/* This thread's deadline (a pc_now_ns() time), or 0: none. Set by the team
  * before it calls the kernel; a thread-local, so kernels keep their
  * signature. */
 static PC_TLS int64_t pc_team_tls_deadline;
@@ -143,6 +148,7 @@ static void *pc_team_main(void *p) {
         else sched_yield();
     }
     start = pc_now_ns();
+    /* t0 was written before the go flag's release store, which we acquired. */
     pc_team_tls_deadline = t->duration_ns > 0 ? t->t0 + t->duration_ns : 0;
     t->fn(t->arg, m->tid, t->ops, &t->done[m->tid]);
     pc_team_tls_deadline = 0;
@@ -211,4 +217,5 @@ static int pc_team_run(pc_team *t) {
     return err;
 }
 
+#pragma GCC diagnostic pop
 #endif /* PERCPU_TEAM_H */

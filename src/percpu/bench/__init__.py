@@ -2,7 +2,8 @@
 
 ``python -m percpu.bench list`` shows what can run; ``python -m percpu.bench
 run --preset quick -o results.json`` sweeps every workload, strategy and
-thread count. Each point is one pyperf benchmark named ``workload/strategy/tN``
+thread count; ``calibrate`` fits the packet model to the 2005 tbench figures
+on this machine; ``instructions`` counts instructions per op under callgrind. Each point is one pyperf benchmark named ``workload/strategy/tN``
 and the file is ordinary pyperf JSON (``python -m pyperf compare_to`` reads it).
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ from percpu.bench._harness import (
     probe_ops,
     sweep,
 )
-from percpu.bench._presets import PRESETS, Preset, default_threads
+from percpu.bench._presets import FAIRNESS_SECONDS, PRESETS, Preset, default_threads
 
 __all__ = [
+    "FAIRNESS_SECONDS",
     "METADATA_PREFIX",
     "PRESETS",
     "Output",

@@ -1,24 +1,32 @@
-"""The command line: ``python -m percpu.bench list|run`` and the per-workload
-scripts in benchmarks/, all of them thin over one pyperf Runner."""
+"""The command line: ``python -m percpu.bench list|run|calibrate|instructions``
+and the per-workload scripts in benchmarks/, the sweeps thin over one pyperf
+Runner."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any, Sequence
 
 from percpu import workloads
-from percpu.bench._harness import Output, UsageError, plan, sweep
-from percpu.bench._presets import PRESETS, Preset, default_threads
+from percpu._checks import check_argv, check_str, check_strs
+from percpu.bench._harness import Output, Point, UsageError, plan, sweep
+from percpu.bench._presets import FAIRNESS_SECONDS, PRESETS, Preset, default_threads
 
-__all__ = ["main", "run_command", "script_main"]
+__all__ = ["calibrate_command", "instructions_command", "main", "run_command", "script_main"]
 
 PROG = "python -m percpu.bench"
 USAGE = f"""usage: {PROG} list
        {PROG} run [--preset {{{','.join(PRESETS)}}}] [--workloads W ...] [--strategies S ...]
               [--threads N,N,...] [--param [WORKLOAD.]NAME=VALUE] [-o FILE [--force] | --append FILE]
-              [pyperf options: --fast, --rigorous, -p N, -n N, --affinity CPUS, ...]
+              [--instructions] [pyperf options: --fast, --rigorous, -p N, -n N, --affinity CPUS, ...]
+       {PROG} calibrate [--threads N] [--dst-holds K,...] [--dev-holds D,...] [--seconds S]
+              [--repeat R] [-o FIT.json]
+       {PROG} instructions [--workloads W ...] [--strategies S ...] [--param ...] [--ops N]
 
-Runs the percpu workloads through pyperf; `{PROG} run --help` lists every option."""
+run: the percpu workloads through pyperf (`{PROG} run --help` lists every option);
+calibrate: fit the packet model to the 2005 tbench gains on this machine;
+instructions: instructions per op at 1 thread under callgrind (noise-free)."""
 
 
 def _fail(message: str) -> int:
@@ -84,6 +92,10 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
     """
     import pyperf
 
+    argv = check_argv(argv)
+    check_str(workload, "workload", optional=True)
+    program_args = check_strs(program_args, "program_args", optional=True)
+    check_str(prog, "prog", optional=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     # The output options are taken before pyperf sees them: the sweep writes
     # the file itself (atomically, after every point, with each point's
@@ -93,6 +105,7 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
     front.add_argument("--append")
     front.add_argument("--force", action="store_true")
     front.add_argument("--preset")
+    front.add_argument("--instructions", action="store_true")
     mine, rest = front.parse_known_args(argv)
 
     preset: Preset | None = None
@@ -144,6 +157,9 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
                             "or the preset's)")
     group.add_argument("--param", action="append", metavar="[WORKLOAD.]NAME=VALUE",
                        help="set a workload parameter (repeatable)")
+    group.add_argument("--instructions", action="store_true",
+                       help="also count each strategy's instructions per op at 1 thread "
+                            "under valgrind's callgrind (percpu_instructions_per_op)")
     args = runner.parse_args(rest)
 
     try:
@@ -167,17 +183,145 @@ def run_command(argv: Sequence[str] | None = None, *, workload: str | None = Non
                 outputs.append(Output(mine.append, "append"))
             for out in outputs:
                 out.check()
+            if mine.instructions:
+                from percpu.bench import _instructions
+
+                why = _instructions.unavailable_reason()
+                if why is not None:
+                    raise UsageError(f"--instructions: {why}")
     except UsageError as exc:
         return _fail(str(exc))
+    extra: dict[str, dict[str, Any]] = {}
     if not args.worker:
         for note in notes:
             print(f"percpu.bench: {note}", file=sys.stderr)
+        if mine.instructions:
+            try:
+                extra = _instruction_metadata(points)
+            except RuntimeError as exc:
+                print(f"percpu.bench: error: --instructions: {exc}", file=sys.stderr)
+                return 1
     events = preset.probe_events if preset is not None else 4
-    return sweep(runner, points, outputs, probe_events=events)
+    fairness = preset.fairness_seconds if preset is not None else FAIRNESS_SECONDS
+    return sweep(runner, points, outputs, probe_events=events, fairness_seconds=fairness, extra=extra)
+
+
+def _instruction_metadata(points: Sequence[Point]) -> dict[str, dict[str, Any]]:
+    """Instructions per op of every (workload, strategy, params) of the
+    sweep, as metadata for each of its points (all thread counts)."""
+    from percpu.bench import _instructions
+
+    specs: dict[tuple[str, str, str], tuple[str, str, dict[str, int]]] = {}
+    for p in points:
+        key = (p.workload, p.strategy, json.dumps(dict(p.params), sort_keys=True))
+        specs.setdefault(key, (p.workload, p.strategy, dict(p.params)))
+    print(f"percpu.bench: counting instructions of {len(specs)} strategies under callgrind "
+          "(about a minute to start, then seconds each)", file=sys.stderr, flush=True)
+    counts = _instructions.measure(list(specs.values()))
+    by_key = {k: c for k, c in zip(specs, counts)}
+    out: dict[str, dict[str, Any]] = {}
+    for p in points:
+        c = by_key[(p.workload, p.strategy, json.dumps(dict(p.params), sort_keys=True))]
+        if c.per_op is not None:
+            out[p.name] = {"percpu_instructions_per_op": c.per_op, "percpu_instructions_path": c.path,
+                           "percpu_instructions_ops": _instructions.OPS}
+    return out
+
+
+def calibrate_command(argv: Sequence[str]) -> int:
+    """``calibrate``: fit the packet model to the seed, print the fit and its
+    residuals, optionally save it as JSON."""
+    from percpu.bench import _calibrate
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} calibrate",
+        description="Fit the packet model's work and dst_holds so that bigref+atomic and "
+                    "bigref+percpu gain what the 2005 patch set measured in tbench (+6%, +55% "
+                    "over atomic+atomic), at 8 threads or, on fewer CPUs, at the CPU count.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="thread count to fit at (default: 8, or every CPU where there are fewer)")
+    parser.add_argument("--dst-holds", default="1,2,3,4,5,6,7,8", metavar="K,K,...",
+                        help="route holds per packet to try (default: 1..8)")
+    parser.add_argument("--dev-holds", default="1", metavar="D,D,...",
+                        help="device holds per packet to try (default: 1)")
+    parser.add_argument("--seconds", type=float, default=0.2,
+                        help="length of each time-bounded run (default: 0.2)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per strategy and point, interleaved (default: 3)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="secant steps per dst_holds after bracketing (default: 4)")
+    parser.add_argument("--max-work", type=int, default=1 << 16, help="largest work to try")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="fix another packet parameter (dev_holds, routes, ...)")
+    parser.add_argument("-o", "--output", metavar="FIT.json", help="also write the fit as JSON")
+    args = parser.parse_args(list(argv))
+    try:
+        holds = _ints([args.dst_holds], "--dst-holds")
+        devs = _ints([args.dev_holds], "--dev-holds")
+        fixed = {k.rpartition(".")[2]: v for k, v in _params(args.param).items()}
+        unknown = set(fixed) - set(workloads.WORKLOADS["packet"].params)
+        bad = sorted(unknown | (set(fixed) & {"work", "dst_holds", "dev_holds"}))
+        if bad:
+            raise UsageError(f"--param cannot set {', '.join(bad)} (unknown, or what the fit chooses)")
+        fit = _calibrate.calibrate(
+            threads=args.threads, dst_holds=holds, dev_holds=devs, seconds=args.seconds,
+            repeat=args.repeat,
+            steps=args.steps, max_work=args.max_work, params=fixed,
+            log=lambda line: print(f"percpu.bench: {line}", file=sys.stderr, flush=True),
+        )
+    except (UsageError, ValueError) as exc:
+        return _fail(str(exc))
+    _calibrate.print_fit(fit)
+    if args.output:
+        _calibrate.save(fit, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def instructions_command(argv: Sequence[str], out: Any = None) -> int:
+    """``instructions``: instructions per op at 1 thread of the selected
+    points, one callgrind run, printed as a table."""
+    from percpu.bench import _instructions
+
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} instructions",
+        description="Instructions per op at 1 thread under valgrind's callgrind: exact and "
+                    "noise-free, blind to contention; per-CPU strategies run their fallback "
+                    "path there (valgrind has no rseq).")
+    parser.add_argument("--workloads", nargs="+", metavar="W")
+    parser.add_argument("--strategies", nargs="+", metavar="S")
+    parser.add_argument("--param", action="append", default=[], metavar="[WORKLOAD.]NAME=VALUE")
+    parser.add_argument("--ops", type=int, default=_instructions.OPS,
+                        help=f"ops per counted run (default: {_instructions.OPS})")
+    args = parser.parse_args(list(argv))
+    try:
+        if args.ops < 1:
+            raise UsageError(f"--ops must be >= 1, not {args.ops}")
+        points = plan(args.workloads, args.strategies, [1], _params(args.param))
+        why = _instructions.unavailable_reason()
+        if why is not None:
+            raise UsageError(why)
+    except UsageError as exc:
+        return _fail(str(exc))
+    try:
+        counts = _instructions.measure([(p.workload, p.strategy, dict(p.params)) for p in points],
+                                       ops=args.ops)
+    except RuntimeError as exc:
+        print(f"percpu.bench: error: {exc}", file=sys.stderr)
+        return 1
+    paths = sorted({c.path for c in counts if c.path})
+    print(f"instructions per op at 1 thread (callgrind; {'; '.join(paths) or 'no native kernel'})", file=out)
+    for c in counts:
+        value = f"{c.per_op:10.1f}" if c.per_op is not None else f"{'-':>10}  ({c.why})"
+        print(f"  {c.workload + '/' + c.strategy:<48} {value}", file=out)
+    return 0
 
 
 def script_main(workload: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of a benchmarks/ script: a sweep of one workload."""
+    check_str(workload, "workload")
+    check_argv(argv)
     if workload not in workloads.WORKLOADS:
         return _fail(f"unknown workload {workload!r} (valid: {', '.join(workloads.WORKLOADS)})")
     return run_command(argv, workload=workload)
@@ -185,6 +329,7 @@ def script_main(workload: str, argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m percpu.bench list|run ...``; returns the exit status."""
+    argv = check_argv(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(USAGE, file=sys.stderr)
@@ -199,4 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_command()
     if command == "run":
         return run_command(rest, program_args=("-m", "percpu.bench", "run"), prog=f"{PROG} run")
-    return _fail(f"unknown command {command!r} (valid: list, run)")
+    if command == "calibrate":
+        return calibrate_command(rest)
+    if command == "instructions":
+        return instructions_command(rest)
+    return _fail(f"unknown command {command!r} (valid: list, run, calibrate, instructions)")

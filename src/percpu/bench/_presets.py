@@ -5,7 +5,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["PRESETS", "Preset", "default_threads"]
+__all__ = ["FAIRNESS_SECONDS", "PRESETS", "Preset", "default_threads"]
+
+#: How long a point's time-bounded fairness run lasts unless a preset says.
+FAIRNESS_SECONDS = 0.2
 
 
 def default_threads(cpus: int | None = None) -> list[int]:
@@ -13,6 +16,10 @@ def default_threads(cpus: int | None = None) -> list[int]:
     a sweep shows both the scaling and what oversubscription does."""
     if cpus is None:
         cpus = _usable_cpus()
+    elif isinstance(cpus, bool) or not isinstance(cpus, int):
+        raise TypeError(f"cpus must be an int or None, not {type(cpus).__name__}")
+    elif not 1 <= cpus <= 1 << 20:
+        raise ValueError(f"cpus must be in 1..{1 << 20}, not {cpus}")
     top = max(1, 2 * cpus)
     counts = []
     n = 1
@@ -41,6 +48,8 @@ class Preset:
     too short for some and too long for others). ``probe_events`` sizes the
     run that collects a point's own figures: that many times the largest
     ``*_every`` parameter, so the figure is an average over several events.
+    ``fairness_seconds`` is how long a point of two or more threads then runs
+    to a deadline, for ``percpu_fairness``.
     """
 
     name: str
@@ -52,6 +61,7 @@ class Preset:
     threads: Callable[[], list[int]]
     loops: int = 0
     probe_events: int = 4
+    fairness_seconds: float = FAIRNESS_SECONDS
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,6 +78,7 @@ PRESETS: dict[str, Preset] = {
             min_time=0.03,
             threads=lambda: [1, 2, 4],
             probe_events=2,
+            fairness_seconds=0.1,
         ),
         Preset(
             "full",
@@ -78,6 +89,7 @@ PRESETS: dict[str, Preset] = {
             min_time=0.1,
             threads=default_threads,
             probe_events=10,
+            fairness_seconds=0.5,
         ),
     )
 }

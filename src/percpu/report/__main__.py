@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from percpu._checks import check_argv
 from percpu.report.build import write_report
 from percpu.report.loading import ReportError
 
@@ -24,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--labels", default=None, metavar="A,B,...",
                         help="comma-separated names for the files (default: derived from the paths)")
-    return parser.parse_args(argv)
+    return parser.parse_args(check_argv(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

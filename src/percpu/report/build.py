@@ -9,10 +9,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from percpu._checks import check_path, check_paths, check_str, check_strs
+from percpu._tbench import SEED_GAINS, SEED_GAINS_X460, SEED_SOURCE
 from percpu.report import formatting as fmt
 from percpu.report import plots, stats
 from percpu.report.document import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from percpu.report.findings import compute_findings, significant
+from percpu.report.findings import (
+    compute_findings,
+    false_sharing,
+    false_sharing_triples,
+    model_vs_seed,
+    padding_share,
+    significant,
+)
 from percpu.report.loading import (
     Point,
     ResultFile,
@@ -37,6 +46,8 @@ MACHINE_ROWS = (
     ("Python", "python_version"),
     ("Python implementation", "python_implementation"),
     ("Python compiler", "python_compiler"),
+    ("free-threaded build", "percpu_free_threaded"),
+    ("GIL enabled", "percpu_gil_enabled"),
     ("percpu version", "percpu_version"),
     ("pyperf version", "perf_version"),
     ("host", "hostname"),
@@ -69,6 +80,8 @@ def _machine(files: Sequence[ResultFile]) -> list[Block]:
             value = f.metadata.get(key)
             if key == "percpu_features":
                 cells.append(_features(value))
+            elif key in ("percpu_free_threaded", "percpu_gil_enabled") and isinstance(value, int):
+                cells.append("yes" if value else "no")
             elif key == "date" and isinstance(value, str):
                 cells.append(value.split(".")[0])
             else:
@@ -97,12 +110,18 @@ def _exact_cell(p: Point) -> str:
 
 
 def _points_table(file: ResultFile, workload: str) -> Table:
-    baseline = baseline_for(workload)
+    baseline = baseline_for([file], workload)
     points = file.of(workload)
     with_exact = any(p.exact is not None for p in points)
+    with_fairness = any(p.fairness is not None for p in points)
+    with_instructions = any(p.instructions is not None for p in points)
     headers = ["strategy", "threads", "time per op per thread", "throughput", f"speedup vs {baseline}", "vs baseline"]
     if with_exact:
         headers.append("exact")
+    if with_fairness:
+        headers.append("fairness")
+    if with_instructions:
+        headers.append("instr/op (1T, callgrind)")
     rows = []
     for strategy in order_strategies(p.strategy for p in points):
         for p in sorted((p for p in points if p.strategy == strategy), key=lambda p: p.threads):
@@ -125,8 +144,120 @@ def _points_table(file: ResultFile, workload: str) -> Table:
             ]
             if with_exact:
                 row.append(_exact_cell(p))
+            if with_fairness:
+                row.append("-" if p.fairness is None else f"{p.fairness:.2f}")
+            if with_instructions:
+                row.append("-" if p.instructions is None else f"{p.instructions:.1f}")
             rows.append(row)
-    return Table(headers, rows, numeric={1, 2, 3, 4})
+    numeric = {1, 2, 3, 4}
+    for title in ("fairness", "instr/op (1T, callgrind)"):
+        if title in headers:
+            numeric.add(headers.index(title))
+    return Table(headers, rows, numeric=numeric)
+
+
+def _instructions_note(files: Sequence[ResultFile]) -> Paragraph | None:
+    paths = sorted({str(p.metadata.get("percpu_instructions_path")) for f in files for p in f.points
+                    if p.instructions is not None and p.metadata.get("percpu_instructions_path")})
+    if not paths:
+        return None
+    return Paragraph(
+        "Instructions per op: one thread under valgrind's callgrind, the difference of two runs "
+        "(N and 2N ops), so exact and free of noise, but blind to contention (a bounced line costs "
+        "no extra instructions). Valgrind has no rseq: there the per-CPU strategies ran their "
+        f"fallback path ({'; '.join(paths)}), not the rseq fast path the timings measure."
+    )
+
+
+def _seed_section(files: Sequence[ResultFile]) -> list[Block]:
+    """"Model vs seed": the packet model's gains beside the 2005 figures."""
+    blocks: list[Block] = []
+    for f in files:
+        rows_in = model_vs_seed(f)
+        if not rows_in:
+            continue
+        threads = rows_in[0][1].threads
+        rows = []
+        for strategy, p, base, gain, pv in rows_in:
+            _, err = plots.speedup(p, base)
+            seed = SEED_GAINS.get(strategy)
+            x460 = SEED_GAINS_X460.get(strategy)
+            rows.append([
+                f"`{strategy}`",
+                "-" if seed is None else fmt.percent_change(1 + seed),
+                "-" if x460 is None else fmt.percent_change(1 + x460),
+                f"{fmt.percent_change(1 + gain)} +- {100 * err:.1f}",
+                "-" if seed is None else f"{100 * (gain - seed):+.1f}",
+                "too few values to test" if pv is None else
+                f"{'significant' if pv < stats.ALPHA else 'not significant'} (p={pv:.2g})",
+            ])
+        params = rows_in[0][1].params
+        shown = ", ".join(f"`{k}={v}`" for k, v in params.items())
+        if len(files) > 1:
+            blocks.append(Paragraph(f"`{f.label}`:"))
+        blocks.append(Paragraph(
+            f"At {fmt.plural(threads, 'thread')} (the seed's 8 clients, one per CPU, on a machine "
+            f"with {fmt.plural(threads, 'CPU') if threads < 8 else '8 or more CPUs'}), gains over "
+            f"`atomic+atomic`; packet parameters {shown or 'not recorded'}."
+        ))
+        blocks.append(Table(
+            ["strategy", "seed, x445 (8-way Xeon 3.0 GHz)", "seed, x460 (8-way x86_64 3.3 GHz)",
+             "model, this machine", "residual (points, vs x445)", "vs atomic+atomic"],
+            rows, numeric={1, 2, 3, 4},
+        ))
+    if not blocks:
+        return []
+    return [
+        Heading(2, "Model vs seed"),
+        Paragraph(
+            f"The 2005 figures ({SEED_SOURCE}) beside the `packet` model's on this machine. "
+            "`python -m percpu.bench calibrate` fits the model's `work` and `dst_holds` (and, "
+            "when asked, `dev_holds`) to them; the residual is model minus seed. The model's gains "
+            "depend on what a cache-line transfer between CPUs costs on the machine at hand."
+        ),
+        *blocks,
+    ]
+
+
+def _false_sharing_section(files: Sequence[ResultFile]) -> list[Block]:
+    """The skeptic's control: the 2005 layout beside the padded atomic."""
+    blocks: list[Block] = []
+    for f in files:
+        for workload in f.workloads():
+            rows = []
+            for threads, c, a, q in false_sharing(f, workload):
+                share = padding_share(c, a, q)
+                rows.append([
+                    f"`{workload}`", str(threads), fmt.ops(c.ops_mean),
+                    f"{fmt.ops(a.ops_mean)} ({fmt.percent_change(a.ops_mean / c.ops_mean)}, "
+                    f"{fmt.significance(significant(a, c))})",
+                    f"{fmt.ops(q.ops_mean)} ({fmt.percent_change(q.ops_mean / c.ops_mean)}, "
+                    f"{fmt.significance(significant(q, c))})",
+                    "-" if share is None else f"{100 * share:.0f}%",
+                ])
+            if not rows:
+                continue
+            control, padded, percpu = false_sharing_triples(workload)[0]
+            if len(files) > 1:
+                blocks.append(Paragraph(f"`{f.label}`:"))
+            blocks.append(Table(
+                ["workload", "threads", f"`{control}` (2005 layout)", f"`{padded}` (padded)",
+                 f"`{percpu}` (per-CPU)", "share of the per-CPU gain that padding gets"],
+                rows, numeric={1, 2, 5},
+            ))
+    if not blocks:
+        return []
+    return [
+        Heading(2, "False sharing vs true contention"),
+        Paragraph(
+            "In 2005 a shared count sat on the cache line that every lookup reads (`atomic-sharedline`: "
+            "the object's read-mostly fields beside the count), so every write of the count also took "
+            "those fields from the other CPUs' caches: false sharing. Padding the count onto a line of "
+            "its own (`atomic`) removes that and leaves the true contention on the count, which only a "
+            "per-CPU count removes. The last column is (padded - 2005) / (per-CPU - 2005) in throughput."
+        ),
+        *blocks,
+    ]
 
 
 def _latency_table(files: Sequence[ResultFile]) -> Table | None:
@@ -168,43 +299,115 @@ def _dst_table(files: Sequence[ResultFile]) -> Table | None:
     return Table(["file", "strategy", "threads", "churns", "churn failures (atomic alloc)"], rows, numeric={2, 3, 4})
 
 
+def build_of(file: ResultFile) -> str:
+    """Which kind of CPython ran a file: ``GIL build``, ``free-threaded, GIL
+    off``, ``free-threaded, GIL on`` (or ``mixed``, ``not recorded``)."""
+    kinds = set()
+    for p in file.points:
+        ft, gil = p.number("percpu_free_threaded"), p.number("percpu_gil_enabled")
+        if ft is None:
+            kinds.add("not recorded")
+        elif not ft:
+            kinds.add("GIL build")
+        else:
+            kinds.add("free-threaded, GIL " + ("on" if gil is None or gil else "off"))
+    if not kinds:
+        return "not recorded"
+    return kinds.pop() if len(kinds) == 1 else "mixed: " + ", ".join(sorted(kinds))
+
+
+def _form(p: Point) -> str:
+    """How the threads reached the counter, from the point's parameters."""
+    params = p.params
+    counter = "own" if params.get("own") else "shared"
+    if params.get("bound"):
+        counter += ", bound"
+    idiom = p.metadata.get("percpu_idiom")
+    return f"{counter}: `{idiom}`" if isinstance(idiom, str) else counter
+
+
+def _scaling(first: Point | None, last: Point | None) -> str:
+    # Total ns per increment (all threads) at the second count over the first:
+    # 0.5 is perfect scaling from 1 to 2 threads, 1.0 none.
+    if first is None or last is None or first is last:
+        return "-"
+    return f"{(last.time_mean / last.threads) / (first.time_mean / first.threads):.2f}"
+
+
+def _exact_summary(cells: Sequence[tuple[str, Point]]) -> str:
+    known = [(t, p) for t, p in cells if p.exact is not None]
+    if not known:
+        return "-"
+    if all(p.exact for _, p in known):
+        return "yes"
+    return "; ".join(f"{t}: {_exact_cell(p)}" for t, p in known if not p.exact)
+
+
 def _python_tables(files: Sequence[ResultFile]) -> list[Block]:
-    blocks: list[Block] = []
-    for f in files:
-        points = f.of("pycounter")
-        if not points:
-            continue
-        counts = sorted({p.threads for p in points})[:2]
-        headers = ["strategy", *(f"ns per increment, {fmt.plural(t, 'thread')}" for t in counts), "exact"]
+    with_points = [f for f in files if f.of("pycounter")]
+    if not with_points:
+        return []
+    counts = sorted({p.threads for f in with_points for p in f.of("pycounter")})[:2]
+    names = [fmt.plural(t, "thread") for t in counts]
+    scale = f"{counts[-1]}T/{counts[0]}T" if len(counts) > 1 else None
+    strategies = order_strategies(p.strategy for f in with_points for p in f.of("pycounter"))
+    blocks: list[Block] = [
+        Heading(2, "From Python"),
+        Paragraph(
+            "The `pycounter` workload increments from Python code (one call per increment), "
+            "against counters from other packages (`peer:` strategies). "
+            "Time per increment as seen by one thread, mean +- std; lower is better."
+            + (f" {scale}: total ns per increment (all threads) at {names[-1]} over {names[0]}; "
+               "0.5 is perfect scaling, 1.0 none. Under a GIL only one thread runs Python code "
+               "at a time; a free-threaded build with the GIL off runs them at once."
+               if scale else "")
+        ),
+    ]
+    if len(with_points) == 1:
+        f = with_points[0]
+        headers = ["strategy", "form", *(f"ns per increment, {n}" for n in names)]
+        headers += [scale] if scale else []
+        headers.append("exact")
         rows = []
-        for strategy in order_strategies(p.strategy for p in points):
-            row = [f"`{strategy}`"]
-            exact_cells = []
-            for t in counts:
-                p = f.get("pycounter", strategy, t)
-                row.append("-" if p is None else f"{p.time_mean * 1e9:.3g} +- {p.time_std * 1e9:.2g}")
-                if p is not None and p.exact is not None:
-                    exact_cells.append((t, p))
-            if not exact_cells:
-                row.append("-")
-            elif all(p.exact for _, p in exact_cells):
-                row.append("yes")
-            else:
-                row.append("; ".join(f"{t}T: {_exact_cell(p)}" for t, p in exact_cells if not p.exact))
+        for strategy in strategies:
+            points = [f.get("pycounter", strategy, t) for t in counts]
+            present = [p for p in points if p is not None]
+            if not present:
+                continue
+            row = [f"`{strategy}`", _form(present[0])]
+            row += ["-" if p is None else f"{p.time_mean * 1e9:.3g} +- {p.time_std * 1e9:.2g}"
+                    for p in points]
+            if scale:
+                row.append(_scaling(points[0], points[-1]))
+            row.append(_exact_summary([(f"{t}T", p) for t, p in zip(counts, points) if p is not None]))
             rows.append(row)
-        if len(files) > 1:
-            blocks.append(Paragraph(f"`{f.label}`:"))
-        blocks.append(Table(headers, rows, numeric=set(range(1, len(counts) + 1))))
-    if blocks:
-        blocks = [
-            Heading(2, "From Python"),
-            Paragraph(
-                "The `pycounter` workload increments from Python code (one call per increment), "
-                "against counters from other packages (`peer:` strategies). "
-                "Time per increment as seen by one thread, mean +- std; lower is better."
-            ),
-            *blocks,
-        ]
+        blocks.append(Paragraph(f"Build: {build_of(f)}."))
+        blocks.append(Table(headers, rows, numeric=set(range(2, 2 + len(counts) + (1 if scale else 0)))))
+        return blocks
+    # Several files (a GIL and a free-threaded run, say): side by side.
+    blocks.append(Bullets([
+        f"`{f.label}`: {build_of(f)}; " + "; ".join(sorted({_form(p) for p in f.of("pycounter")}))
+        for f in with_points
+    ]))
+    headers = ["strategy"]
+    for f in with_points:
+        headers += [f"{f.label}, {n}" for n in names]
+        headers += [f"{f.label}, {scale}"] if scale else []
+    headers.append("exact")
+    rows = []
+    per_file = len(counts) + (1 if scale else 0)
+    for strategy in strategies:
+        row = [f"`{strategy}`"]
+        exact_cells = []
+        for f in with_points:
+            points = [f.get("pycounter", strategy, t) for t in counts]
+            row += ["-" if p is None else f"{p.time_mean * 1e9:.3g}" for p in points]
+            if scale:
+                row.append(_scaling(points[0], points[-1]))
+            exact_cells += [(f"{f.label} {t}T", p) for t, p in zip(counts, points) if p is not None]
+        row.append(_exact_summary(exact_cells))
+        rows.append(row)
+    blocks.append(Table(headers, rows, numeric=set(range(1, 1 + per_file * len(with_points)))))
     return blocks
 
 
@@ -280,12 +483,28 @@ def build_document(files: Sequence[ResultFile], folder: Path, title: str) -> lis
             blocks.append(Figure(name, f"{workload}: throughput vs threads, {what}"))
         name = f"speedup_{_safe(workload)}.png"
         if plots.plot_speedup(files, workload, colors, folder / name):
-            blocks.append(Figure(name, f"{workload}: speedup over {baseline_for(workload)}"))
+            blocks.append(Figure(name, f"{workload}: speedup over {baseline_for(files, workload)}"))
+        name = f"fairness_{_safe(workload)}.png"
+        if plots.plot_fairness(files, workload, colors, folder / name):
+            blocks.append(Figure(name, f"{workload}: fairness of the strategies with a hot line or lock"))
         for f in files:
             if f.of(workload):
                 if len(files) > 1:
                     blocks.append(Paragraph(f"`{f.label}`:"))
                 blocks.append(_points_table(f, workload))
+    note = _instructions_note(files)
+    if note is not None:
+        blocks.append(note)
+    if any(p.fairness is not None for f in files for p in f.points):
+        blocks.append(Paragraph(
+            "Fairness: each point of 2 or more threads also ran to a deadline (every thread the same "
+            "time, not the same count); fairness is the fewest ops any thread did over the most "
+            "(1.00: perfectly fair). Plotted for the strategies whose every op writes a line all "
+            "threads write (a shared count or a lock), where one thread can starve the others; above "
+            "the CPU count it measures the scheduler as much as the strategy."
+        ))
+    blocks += _seed_section(files)
+    blocks += _false_sharing_section(files)
 
     blocks.append(Heading(2, "Memory per object"))
     if plots.plot_bytes(files, colors, folder / "bytes_per_object.png"):
@@ -345,6 +564,11 @@ def write_report(
     temporary folder inside out, and the files are moved into place only once all
     of them exist, index.html last: a failure leaves out as it was.
     """
+    # Every argument is checked before anything is read or written.
+    check_paths(paths, "paths")
+    check_path(out, "out")
+    check_str(title, "title", optional=True)
+    check_strs(labels, "labels", optional=True)
     files = load_results(paths, labels)
     out = Path(out)
     if title is None:

@@ -9,16 +9,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from percpu._checks import check_instances
+from percpu._tbench import CONTROL_2005, LAYOUT_CONTROLS, PACKET_ORDER, SEED_GAINS, seed_threads
 from percpu.report import formatting as fmt
 from percpu.report import stats
 from percpu.report.loading import Point, ResultFile, baseline_for
 
 #: The per-CPU flavour compared with the baseline on each workload.
 PERCPU_STRATEGY = {"packet": "bigref+percpu"}
-#: The patch set's own comparison, in the order it claims for throughput.
-PACKET_ORDER = ("atomic+atomic", "bigref+atomic", "bigref+percpu")
 #: tbench gains the 2005 patch set reported on 8-way machines, over atomic+atomic.
-PACKET_SEED_GAINS = {"bigref+atomic": 0.06, "bigref+percpu": 0.55}
+PACKET_SEED_GAINS = SEED_GAINS
+#: A fairness below this at some thread count is worth a finding.
+UNFAIR = 0.8
+
+
+def false_sharing_triples(workload: str) -> list[tuple[str, str, str]]:
+    """(2005 layout, padded atomic, per-CPU) strategy triples of ``workload``:
+    the false-sharing control, what it controls for, and the per-CPU flavour
+    whose gain it puts in proportion."""
+    percpu = PERCPU_STRATEGY.get(workload, "percpu")
+    if workload == "packet":
+        return [(CONTROL_2005, "+".join(LAYOUT_CONTROLS[c] for c in CONTROL_2005.split("+")), percpu)]
+    return [(control, padded, percpu) for control, padded in LAYOUT_CONTROLS.items()]
 
 
 def _tag(sig: bool | None) -> str:
@@ -66,7 +78,7 @@ def fastest(file: ResultFile, workload: str) -> str | None:
 
 
 def percpu_over_baseline(file: ResultFile, workload: str) -> str | None:
-    baseline = baseline_for(workload)
+    baseline = baseline_for([file], workload)
     candidate = PERCPU_STRATEGY.get(workload, "percpu")
     pairs = []
     for threads in sorted({p.threads for p in file.of(workload)}):
@@ -115,14 +127,125 @@ def packet_ordering(file: ResultFile) -> str | None:
         verdict = "does not hold (" + ", ".join(broken) + ")"
     text = (
         f"`packet` ordering at {fmt.plural(threads, 'thread')}: the seed's {order} {verdict}: {gains}. "
-        f"The 2005 patch set measured {fmt.percent_change(1 + PACKET_SEED_GAINS['bigref+atomic'])} "
-        f"(bigref netdev) and {fmt.percent_change(1 + PACKET_SEED_GAINS['bigref+percpu'])} "
+        f"The 2005 patch set measured {fmt.percent_change(1 + SEED_GAINS['bigref+atomic'])} "
+        f"(bigref netdev) and {fmt.percent_change(1 + SEED_GAINS['bigref+percpu'])} "
         f"(with per-CPU dst counts too) in tbench on 8-way machines."
     )
     if len(verdicts) > 1:
         held = sum(1 for _, h, _ in verdicts if h)
         text += f" The ordering holds at {held} of {len(verdicts)} thread counts."
     return text
+
+
+def model_threads(file: ResultFile) -> int | None:
+    """The thread count that stands for the seed's 8 clients in ``file``: 8,
+    or the machine's CPU count where it has fewer; None when the packet
+    points do not include it."""
+    points = file.of("packet")
+    cpus = [p.number("percpu_nr_cpus") for p in points]
+    known = [int(c) for c in cpus if c]
+    if not known:
+        return None
+    threads = seed_threads(min(known))
+    return threads if any(p.threads == threads for p in points) else None
+
+
+def model_vs_seed(file: ResultFile) -> list[tuple[str, Point, Point, float, float | None]]:
+    """(strategy, point, baseline point, gain, Welch p) for the seed's
+    strategies at ``model_threads``; empty when the points are missing."""
+    threads = model_threads(file)
+    if threads is None:
+        return []
+    base = file.get("packet", PACKET_ORDER[0], threads)
+    if base is None:
+        return []
+    rows = []
+    for strategy in PACKET_ORDER[1:]:
+        p = file.get("packet", strategy, threads)
+        if p is None:
+            continue
+        test = stats.welch_test(p.throughput_samples, base.throughput_samples)
+        rows.append((strategy, p, base, p.ops_mean / base.ops_mean - 1, None if test is None else test[1]))
+    return rows
+
+
+def model_vs_seed_finding(file: ResultFile) -> str | None:
+    rows = model_vs_seed(file)
+    if not rows:
+        return None
+    threads = rows[0][1].threads
+    parts = [
+        f"`{s}` {fmt.percent_change(1 + g)} (seed {fmt.percent_change(1 + SEED_GAINS[s])}, "
+        f"residual {100 * (g - SEED_GAINS[s]):+.1f} points){_tag(None if pv is None else pv < stats.ALPHA)}"
+        for s, _, _, g, pv in rows
+    ]
+    params = rows[0][1].params
+    shown = ", ".join(f"{k}={params[k]}" for k in ("work", "dev_holds", "dst_holds", "routes") if k in params)
+    return (f"Model vs seed at {fmt.plural(threads, 'thread')} (`packet`{', ' + shown if shown else ''}): "
+            + "; ".join(parts) + ".")
+
+
+def false_sharing(file: ResultFile, workload: str) -> list[tuple[int, Point, Point, Point]]:
+    """(threads, 2005-layout point, padded point, per-CPU point) at each
+    thread count where all three were measured."""
+    out = []
+    for control, padded, percpu in false_sharing_triples(workload):
+        for threads in sorted({p.threads for p in file.of(workload)}):
+            trio = [file.get(workload, s, threads) for s in (control, padded, percpu)]
+            if all(p is not None for p in trio):
+                c, a, q = trio
+                assert c is not None and a is not None and q is not None
+                out.append((threads, c, a, q))
+    return out
+
+
+def padding_share(control: Point, padded: Point, percpu: Point) -> float | None:
+    """How much of the per-CPU strategy's gain over the 2005 layout the
+    padded atomic alone gets (1.0: all of it; None when per-CPU gains
+    nothing over the 2005 layout)."""
+    total = percpu.ops_mean - control.ops_mean
+    if total <= 0:
+        return None
+    return (padded.ops_mean - control.ops_mean) / total
+
+
+def false_sharing_finding(file: ResultFile, workload: str) -> str | None:
+    rows = false_sharing(file, workload)
+    if not rows:
+        return None
+    threads, c, a, q = max(rows, key=lambda r: r[0])
+    share = padding_share(c, a, q)
+    text = (
+        f"`{workload}` false sharing vs true contention at {fmt.plural(threads, 'thread')}: "
+        f"padding the atomic (`{c.strategy}` -> `{a.strategy}`) gains "
+        f"{fmt.percent_change(a.ops_mean / c.ops_mean)}{_tag(significant(a, c))}, "
+        f"`{q.strategy}` {fmt.percent_change(q.ops_mean / c.ops_mean)} over the 2005 layout"
+        f"{_tag(significant(q, c))}"
+    )
+    if share is not None:
+        text += f": the padded atomic alone gets {100 * share:.0f}% of the per-CPU gain"
+    return text + "."
+
+
+def fairness_finding(file: ResultFile) -> str | None:
+    """The least fair hot-line strategy of each workload, where it falls below UNFAIR."""
+    parts = []
+    for workload in file.workloads():
+        measured = [p for p in file.of(workload) if p.fairness is not None and p.hot_line]
+        if not measured:
+            continue
+        worst = min(measured, key=lambda p: p.fairness or 0.0)
+        if (worst.fairness or 0.0) < UNFAIR:
+            parts.append(f"`{workload}/{worst.strategy}` at {fmt.plural(worst.threads, 'thread')} "
+                         f"{worst.fairness:.2f}")
+    measured_any = any(p.fairness is not None for p in file.points)
+    if not measured_any:
+        return None
+    if not parts:
+        return (f"Fairness (fewest / most ops per thread in a time-bounded run): every strategy with a "
+                f"hot line stayed at or above {UNFAIR}.")
+    return ("Fairness (fewest / most ops per thread in a time-bounded run) below "
+            f"{UNFAIR} for a hot line or lock: " + "; ".join(parts) + ".")
 
 
 def unregister_latency(file: ResultFile) -> str | None:
@@ -271,6 +394,7 @@ def comparison(reference: ResultFile, other: ResultFile) -> list[str]:
 
 def compute_findings(files: Sequence[ResultFile]) -> list[str]:
     """Every finding, in reading order; file labels prefix them when there are several files."""
+    files = check_instances(files, ResultFile, "files")
     out: list[str] = []
     for f in files:
         mine: list[str] = []
@@ -278,9 +402,16 @@ def compute_findings(files: Sequence[ResultFile]) -> list[str]:
             for item in (fastest(f, workload), percpu_over_baseline(f, workload)):
                 if item:
                     mine.append(item)
-        for item in (packet_ordering(f), unregister_latency(f)):
+        for item in (packet_ordering(f), model_vs_seed_finding(f), unregister_latency(f)):
             if item:
                 mine.append(item)
+        for workload in f.workloads():
+            item = false_sharing_finding(f, workload)
+            if item:
+                mine.append(item)
+        item = fairness_finding(f)
+        if item:
+            mine.append(item)
         mine += memory(f)
         for item in (exactness(f), from_python(f), oversubscription(f)):
             if item:

@@ -13,16 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from percpu._checks import check_instance, check_path, check_paths, check_str, check_strs
 from percpu.report import stats
-
-#: The reference every speedup is measured against, per workload.
-BASELINES: Mapping[str, str] = {"packet": "atomic+atomic"}
-DEFAULT_BASELINE = "atomic"
-
-
-def baseline_for(workload: str) -> str:
-    return BASELINES.get(workload, DEFAULT_BASELINE)
-
 
 class ReportError(Exception):
     """An input the report cannot use; ``str()`` is one line naming the file."""
@@ -70,6 +62,7 @@ class Point:
 
     def number(self, key: str) -> float | None:
         """A numeric metadata figure, or None when absent or not a number."""
+        check_str(key, "key")
         value = self.metadata.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -87,6 +80,22 @@ class Point:
         if flag is not None and not flag:
             return False
         return not (lost is not None and lost != 0)
+
+    @property
+    def fairness(self) -> float | None:
+        """Fewest over most ops among the threads of the time-bounded probe
+        run (None below 2 threads, or in files from before it was measured)."""
+        return self.number("percpu_fairness")
+
+    @property
+    def hot_line(self) -> bool:
+        """Whether every op of the strategy writes a line all threads write."""
+        return bool(self.number("percpu_hot_line"))
+
+    @property
+    def instructions(self) -> float | None:
+        """Instructions per op at 1 thread under callgrind, when counted."""
+        return self.number("percpu_instructions_per_op")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -114,6 +123,14 @@ class ResultFile:
     def of(self, workload: str) -> list[Point]:
         return [p for p in self.points if p.workload == workload]
 
+    def baseline(self, workload: str) -> str | None:
+        """The strategy this file's ``workload`` points are measured against:
+        the workload's baseline, which percpu.bench records in every point
+        (``percpu_baseline``); load_file() checks that the points agree."""
+        for p in self.of(workload):
+            return str(p.metadata["percpu_baseline"])
+        return None
+
     def get(self, workload: str, strategy: str, threads: int) -> Point | None:
         for p in self.points:
             if (p.workload, p.strategy, p.threads) == (workload, strategy, threads):
@@ -123,8 +140,10 @@ class ResultFile:
 
 WORKLOAD_ORDER = ("stat", "netdev", "dst", "packet", "pycounter")
 STRATEGY_ORDER = (
-    "atomic", "bigref", "locked", "percpu", "perthread", "approx", "striped", "racy",
-    "atomic+atomic", "bigref+atomic", "atomic+percpu", "bigref+percpu",
+    "atomic", "atomic-sharedline", "bigref", "locked", "percpu", "perthread", "approx", "striped",
+    "racy",
+    "atomic+atomic", "atomic-sharedline+atomic-sharedline", "bigref+atomic",
+    "bigref+atomic-sharedline", "atomic+percpu", "bigref+percpu",
     "percpu+atomic", "percpu+percpu",
 )
 
@@ -147,7 +166,8 @@ def order_strategies(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=strategy_rank)
 
 
-_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int}
+_REQUIRED = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int,
+             "percpu_baseline": str}
 
 #: How a workload figure that differs between pyperf runs (one per worker
 #: process) becomes one figure for the point; anything else is averaged.
@@ -215,10 +235,63 @@ def _point_from(path: Path, label: str, bench: Any) -> Point:
     )
 
 
+def known_workloads() -> set[str]:
+    """The workload names a result may carry: the report's own, and any
+    registered with ``percpu.workloads`` in this process."""
+    known = set(WORKLOAD_ORDER)
+    try:
+        from percpu import workloads
+    except ImportError:  # the compiled core is not built: the report's list
+        return known
+    return known | set(workloads.WORKLOADS)
+
+
+def check_suite(path: str | Path, suite: Any, label: str | None = None) -> list[Point]:
+    """The points of a loaded pyperf suite, checked to be percpu.bench results
+    of one version of percpu, of known workloads, each with values; raises
+    ``ReportError`` (one line naming ``path``) otherwise."""
+    benches = suite.get_benchmarks()
+    if not benches:
+        raise ReportError(path, "contains no benchmarks")
+    points: list[Point] = []
+    seen: dict[tuple[str, str, int], str] = {}
+    for bench in benches:
+        try:
+            point = _point_from(Path(path), label or Path(path).stem, bench)
+        except ReportError:
+            raise
+        except Exception as exc:  # malformed runs inside a well-formed file
+            raise ReportError(path, f"malformed benchmark ({type(exc).__name__}: {exc})") from None
+        key = (point.workload, point.strategy, point.threads)
+        if key in seen:
+            raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
+        seen[key] = point.name
+        other = next((str(q.metadata["percpu_baseline"]) for q in points
+                      if q.workload == point.workload), None)
+        if other is not None and other != point.metadata["percpu_baseline"]:
+            raise ReportError(path, f"workload {point.workload!r} has points measured against "
+                              f"{other!r} and against {point.metadata['percpu_baseline']!r}")
+        points.append(point)
+    known = known_workloads()
+    for point in points:
+        if point.workload not in known:
+            raise ReportError(path, f"benchmark {point.name!r}: unknown workload {point.workload!r} "
+                                    f"(known: {', '.join(order_workloads(known))})")
+    # Points of different versions measure different code: a comparison is
+    # made between files, never inside one.
+    versions = {str(p.metadata.get("percpu_version", "unknown")) for p in points}
+    if len(versions) > 1:
+        raise ReportError(path, f"mixes results of percpu versions {', '.join(sorted(versions))}; "
+                                "keep one version per file")
+    return points
+
+
 def load_file(path: str | Path, label: str | None = None) -> ResultFile:
     """Load one pyperf JSON file (``.json`` or ``.json.gz``) of percpu.bench results."""
     import pyperf  # a dependency of the package, but only needed here
 
+    check_path(path, "path")
+    check_str(label, "label", optional=True)
     path = Path(path)
     if not path.exists():
         raise ReportError(path, "no such file")
@@ -230,23 +303,8 @@ def load_file(path: str | Path, label: str | None = None) -> ResultFile:
         raise ReportError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # pyperf reports bad JSON with assorted exception types
         raise ReportError(path, f"not pyperf JSON ({type(exc).__name__}: {exc})") from None
-    benches = suite.get_benchmarks()
-    if not benches:
-        raise ReportError(path, "contains no benchmarks")
     result = ResultFile(path=path, label=label or path.stem)
-    seen: dict[tuple[str, str, int], str] = {}
-    for bench in benches:
-        try:
-            point = _point_from(path, result.label, bench)
-        except ReportError:
-            raise
-        except Exception as exc:  # malformed runs inside a well-formed file
-            raise ReportError(path, f"malformed benchmark ({type(exc).__name__}: {exc})") from None
-        key = (point.workload, point.strategy, point.threads)
-        if key in seen:
-            raise ReportError(path, f"benchmarks {seen[key]!r} and {point.name!r} are the same point")
-        seen[key] = point.name
-        result.points.append(point)
+    result.points = check_suite(path, suite, result.label)
     # The machine and the run are the same for every point of a file; where a
     # field does drift (pyperf's date, load average) the first point stands for all.
     result.metadata = dict(result.points[0].metadata)
@@ -277,6 +335,8 @@ def unique_labels(paths: Sequence[Path]) -> list[str]:
 
 def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[ResultFile]:
     """Load and validate every file; raises ReportError for the first bad one."""
+    paths = check_paths(paths, "paths")
+    labels = check_strs(labels, "labels", optional=True)
     if not paths:
         raise ReportError("-", "no input files")
     as_paths = [Path(p) for p in paths]
@@ -285,4 +345,21 @@ def load_results(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     names = list(labels) if labels is not None else unique_labels(as_paths)
     if len(set(names)) != len(names):
         raise ReportError("-", "labels must be unique")
-    return [load_file(p, name) for p, name in zip(as_paths, names)]
+    files = [load_file(p, name) for p, name in zip(as_paths, names)]
+    for workload in {w for f in files for w in f.workloads()}:
+        recorded = {(f.baseline(workload), f.path) for f in files if f.of(workload)}
+        if len({b for b, _ in recorded}) > 1:
+            detail = ", ".join(f"{path.name}: {b}" for b, path in sorted(recorded, key=str))
+            raise ReportError("-", f"the files measure {workload!r} against different "
+                              f"baselines ({detail}): results of different percpu versions?")
+    return files
+
+
+def baseline_for(files: Sequence[ResultFile], workload: str) -> str:
+    """The baseline of ``workload`` in ``files`` (load_results() made sure
+    that they agree)."""
+    for f in files:
+        b = f.baseline(workload)
+        if b is not None:
+            return b
+    raise KeyError(workload)

@@ -155,7 +155,7 @@ def speedup(point: Point, base: Point) -> tuple[float, float]:
 
 
 def plot_speedup(files: Sequence[ResultFile], workload: str, colors: StrategyColors, path: Path) -> bool:
-    baseline = baseline_for(workload)
+    baseline = baseline_for(files, workload)
     fig, ax = _figure()
     plotted: list[float] = [1.0]
     threads: list[int] = []
@@ -185,6 +185,35 @@ def plot_speedup(files: Sequence[ResultFile], workload: str, colors: StrategyCol
     _value_axis(ax, plotted)
     ax.set_ylabel(f"speedup over {baseline} (x, throughput ratio)")
     ax.set_title(f"{workload}: speedup over {baseline} at each thread count (higher is better)")
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax)
+    _save(fig, path)
+    return True
+
+
+def plot_fairness(files: Sequence[ResultFile], workload: str, colors: StrategyColors, path: Path) -> bool:
+    """Fairness vs threads for the strategies with a hot line or a lock (the
+    ones that can starve a thread); False when no such point has it."""
+    fig, ax = _figure()
+    threads: list[int] = []
+    drawn = False
+    for i, f, strategy, line in _series(files, workload):
+        usable = [p for p in line if p.fairness is not None and p.hot_line]
+        if not usable:
+            continue
+        xs = [p.threads for p in usable]
+        ax.plot(xs, [p.fairness for p in usable], label=_line_label(files, f, strategy),
+                color=colors[strategy], linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+                marker=_MARKERS[i % len(_MARKERS)], markersize=5, linewidth=1.6)
+        threads += xs
+        drawn = True
+    if not drawn:
+        return False
+    ax.axhline(1.0, color="#444444", linewidth=1, linestyle="--", label="perfectly fair")
+    _thread_axis(ax, threads, _nr_cpus(files))
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("fairness (fewest / most ops of a thread, same deadline)")
+    ax.set_title(f"{workload}: fairness of the strategies with a hot line or lock (1 = fair)")
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _save(fig, path)
