@@ -25,6 +25,10 @@ from percpu._counters cimport (
     RacyCounter, StripedCounter, pc_perthread_counter, pc_perthread_counter_add)
 from percpu._refs cimport *
 
+# Adopts the process's cpu-id choice at import: the raw per-CPU API of the
+# pool kernels below needs it.
+cdef pc_registry *_registry = pc_registry_import()
+
 cdef extern from "percpu/lab.h" nogil:
     enum:
         PC_K_ATOMIC, PC_K_LOCKED, PC_K_PERCPU, PC_K_PERTHREAD, PC_K_APPROX, PC_K_STRIPED, PC_K_RACY
@@ -33,9 +37,6 @@ cdef extern from "percpu/lab.h" nogil:
         int mixed
         void *c
     void pc_counter_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept nogil
-
-# Adopts the process's cpu-id choice: the raw per-CPU API below needs it.
-cdef pc_registry *_registry = pc_registry_import()
 
 
 cdef void _call_noexcept(object fn) noexcept:
@@ -723,7 +724,6 @@ def _team_refops(_Ref ref, int threads, long long ops, long long gets=1, long lo
 # Reference lifetimes: kill against tryget_live, misused gets, callbacks that
 # free the object, and a thread that uses the registry after its record went.
 
-cdef pc_registry *_registry = pc_registry_import()
 
 cdef struct _LiveArg:
     pc_ref ref

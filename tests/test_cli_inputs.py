@@ -27,7 +27,7 @@ def _metadata(name: str = "stat/atomic/t1", **extra: Any) -> dict[str, Any]:
     md: dict[str, Any] = {
         "name": name, "loops": 10, "unit": "second", "percpu_workload": "stat",
         "percpu_strategy": "atomic", "percpu_threads": 1, "percpu_params": "{}",
-        "percpu_version": percpu.__version__,
+        "percpu_version": percpu.__version__, "percpu_baseline": "atomic",
     }
     md.update(extra)
     return {k: v for k, v in md.items() if v is not None}
@@ -69,6 +69,9 @@ BAD: dict[str, tuple[Callable[[Path], object], str]] = {
                                                            percpu_version="0.0.1"))),
                        "versions"),
     "not-seconds": (_dump(_suite(_metadata(unit="byte"))), "unit"),
+    "mixed-baselines": (_dump(_suite(_metadata(), _metadata("stat/atomic/t2", percpu_threads=2,
+                                                            percpu_baseline="locked"))),
+                        "against"),
 }
 
 

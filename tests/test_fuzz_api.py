@@ -106,7 +106,8 @@ def _results_file() -> Path:
     if not path.exists():
         md = {"name": "stat/atomic/t1", "loops": 10, "unit": "second",
               "percpu_workload": "stat", "percpu_strategy": "atomic", "percpu_threads": 1,
-              "percpu_params": "{}", "percpu_version": percpu.__version__}
+              "percpu_params": "{}", "percpu_version": percpu.__version__,
+              "percpu_baseline": "atomic"}
         run = pyperf.Run([1e-6, 1.1e-6], metadata=md, collect_metadata=False)
         pyperf.BenchmarkSuite([pyperf.Benchmark([run])]).dump(str(path))
     return path
@@ -141,7 +142,8 @@ VALID: dict[str, Any] = {
     "size": 8, "align": 8, "atomic": False, "cpu": 0, "n": 1, "value": 1, "handle": 0,
     "on_release": None, "confirm": lambda: None, "timeout": 0,
     "counter": Fresh(lambda: percpu.AtomicCounter()),
-    "threads": 1, "ops": 10, "mixed": False, "pin": False,
+    "threads": 1, "ops": 10, "mixed": False, "pin": False, "seconds": 0.001,
+    "thread_ops": (1, 2), "duration_ns": 0, "fairness_seconds": 0.001,
     # workloads
     "name": "stat", "strategy": "atomic", "params": Fresh(dict), "replace": False,
     "description": "fuzz", "strategies": ("atomic",), "minimums": Fresh(dict),
@@ -164,6 +166,7 @@ VALID_FOR: dict[Any, dict[str, Any]] = {
     percpu.report.main: {"argv": ["--help"]},
     percpu.workloads.register: {"workload": Fresh(_workload)},
     percpu.workloads.Workload: {"name": "fuzz", "strategies": ("a",), "params": Fresh(lambda: {"p": 1})},
+    percpu.workloads.Workload.check_param: {"key": "p"},
     percpu.bench.plan: {"threads": [1]},
     percpu.bench.Preset: {"name": "fuzz", "processes": 1, "values": 1, "warmups": 0,
                           "min_time": 0.01, "threads": lambda: [1]},
@@ -189,6 +192,10 @@ def _small_or_refused(limit: int) -> Callable[[Any, Any], bool]:
 #: Junk that is valid and then costs real time: (parameter, skip(value, subject)).
 COSTLY: dict[str, Callable[[Any, Any], bool]] = {
     "ops": _small_or_refused(1000),
+    # Seconds a time-bounded run lasts, or nanoseconds.
+    "seconds": lambda v, s: _positive(v) and v > 0.01,
+    "fairness_seconds": lambda v, s: _positive(v) and v > 0.01,
+    "duration_ns": lambda v, s: _positive(v) and v > 10**7,
     "work": _small_or_refused(1000),
     # A positive timeout (or None) on a live reference waits for it.
     "timeout": lambda v, s: (v is None or _positive(v)) and not getattr(s, "released", True),
@@ -704,7 +711,7 @@ def test_discovery_finds_the_api() -> None:
     # A few that must be there, from each source of names.
     for expected in ("percpu.PerCPUCounter", "percpu.PerCPUCounter.add[made]",
                      "percpu.PerCPUCounter.__iadd__[new-only]", "percpu.PercpuRef.wait_released[live]",
-                     "percpu.PerCPUPool.free[with-object]", "percpu.counters.hammer",
+                     "percpu.PerCPUPool.free[with-object]",
                      "percpu.workloads.run", "percpu.workloads.run[stat]",
                      "percpu.bench.run_command", "percpu.report.write_report"):
         assert expected in names, expected

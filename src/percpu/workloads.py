@@ -67,6 +67,7 @@ HOT_LINE_REFS: tuple[str, ...] = ("atomic", *REF_LAYOUTS)
 def ref_operations(strategy: str) -> str:
     """The ``percpu.REFS`` strategy whose operations reference strategy
     ``strategy`` runs (itself, or the one a layout control lays out)."""
+    check_str(strategy, "strategy")
     return REF_LAYOUTS.get(strategy, strategy)
 
 #: The largest ``ops`` per thread a run accepts, and the largest value of any
@@ -188,6 +189,7 @@ class Workload:
     def check_param(self, key: str, value: object) -> int:
         """``value`` as parameter ``key`` of this workload, or ``ValueError``
         (unknown name, out of range) / ``TypeError`` (not an int)."""
+        check_str(key, "key")
         if key not in self.params:
             valid = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "none"
             raise ValueError(
@@ -197,7 +199,7 @@ class Workload:
         low, high = self.minimum(key), self.maximum(key)
         if not _is_int(value):
             raise TypeError(
-                f"parameter {self.name}.{key} must be an int, not {type(value).__name__}"
+                f"the value of parameter {self.name}.{key} must be an int, not {type(value).__name__}"
             )
         assert isinstance(value, int)
         if not low <= value <= high:
@@ -405,7 +407,11 @@ def fairness(thread_ops: Iterable[int]) -> float | None:
     """Fewest ops over most ops among the threads of one time-bounded run:
     1.0 when every thread got as far as every other, 0.0 when one was starved
     completely. None for fewer than two threads, or when none did any op."""
+    if isinstance(thread_ops, (str, bytes)) or not isinstance(thread_ops, Iterable):
+        raise TypeError(f"thread_ops must be an iterable of ints, not {type(thread_ops).__name__}")
     counts = list(thread_ops)
+    for c in counts:
+        check_int(c, "thread_ops item", 0)
     if len(counts) < 2 or max(counts) <= 0:
         return None
     return min(counts) / max(counts)
