@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._alloc: the compact per-CPU allocator (PerCPUPool) and the pre-2005
 baseline (NaivePool).
 
@@ -14,6 +15,11 @@ reserved beforehand, never by growing the pool.
 
 NaivePool is what the kernel had before: one separate cache-line-aligned
 allocation per CPU per object, and a pointer array to find them.
+
+Without a GIL (``freethreading_compatible``) every method may run in many
+threads at once: each one works under the pool's mutex, or reads only the
+geometry fixed at creation and block bases that never move (``view`` of a
+PerCPUPool, ``pcpool_ptr``); the default pool is made at import.
 """
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
@@ -841,6 +847,36 @@ cdef char *naive_ptr(pc_naive *p, int64_t handle, int cpu) noexcept nogil:
     return objs[handle][cpu]
 
 
+cdef int64_t _naive_copy_out(pc_naive *p, int64_t handle, char *dst, int64_t cap) noexcept nogil:
+    """Copies a live object's copies, CPU after CPU, into dst (room for cap
+    bytes per CPU); returns its size, or -2 when the handle is not live.
+
+    Under the lock: a free in another thread (with no GIL to keep the two
+    apart, or with the GIL released by free) could otherwise release the
+    copies between the liveness check and the copy."""
+    cdef int64_t size = -2
+    cdef int c
+    pthread_mutex_lock(&p.lock)
+    if 0 <= handle < p.top and p.objs[handle] != NULL:
+        size = p.sizes[handle]
+        if size <= cap:
+            for c in range(p.nr_cpus):
+                memcpy(dst + c * size, p.objs[handle][c], <size_t>size)
+    pthread_mutex_unlock(&p.lock)
+    return size
+
+
+cdef uintptr_t _naive_address(pc_naive *p, int64_t handle, int cpu) noexcept nogil:
+    """The address of a live object's copy on cpu, or 0; under the lock for
+    the same reason as _naive_copy_out (naive_ptr would read a freed array)."""
+    cdef uintptr_t addr = 0
+    pthread_mutex_lock(&p.lock)
+    if 0 <= handle < p.top and p.objs[handle] != NULL:
+        addr = <uintptr_t>p.objs[handle][cpu]
+    pthread_mutex_unlock(&p.lock)
+    return addr
+
+
 # ---------------------------------------------------------------------------
 # Python API
 
@@ -1171,22 +1207,31 @@ cdef class NaivePool:
     def address(self, handle, cpu) -> int:
         cdef int64_t h = _as_handle(handle)
         cdef int c = _as_cpu(cpu, self.c.nr_cpus)
-        _live_size(naive_object_size(self.c, h), handle)
-        return <uintptr_t>naive_ptr(self.c, h, c)
+        cdef uintptr_t addr = _naive_address(self.c, h, c)
+        if addr == 0:
+            raise ValueError(f"unknown or already freed handle {handle}")
+        return addr
 
     def view(self, handle):
         """A copy, shape ``(nr_cpus, size)``: the copies are not evenly spaced."""
         cdef int64_t h = _as_handle(handle)
         cdef int64_t size = _live_size(naive_object_size(self.c, h), handle)
-        cdef int c
+        cdef int64_t copied
         cdef cnp.npy_intp dims[2]
-        dims[0] = self.c.nr_cpus
-        dims[1] = size
-        cdef cnp.ndarray out = cnp.PyArray_ZEROS(2, dims, cnp.NPY_UINT8, 0)
-        cdef char *dst = <char *>cnp.PyArray_DATA(out)
-        for c in range(self.c.nr_cpus):
-            memcpy(dst + c * size, naive_ptr(self.c, h, c), <size_t>size)
-        return out
+        cdef cnp.ndarray out
+        cdef char *dst
+        while True:
+            dims[0] = self.c.nr_cpus
+            dims[1] = size
+            out = cnp.PyArray_ZEROS(2, dims, cnp.NPY_UINT8, 0)
+            dst = <char *>cnp.PyArray_DATA(out)
+            with nogil:
+                copied = _naive_copy_out(self.c, h, dst, size)
+            if copied == size:
+                return out
+            # Freed in between (ValueError), or freed and handed out again
+            # with another size: size the copy from what is there now.
+            size = _live_size(copied, handle)
 
     def refill(self) -> None:
         """Nothing to do: the baseline allocates per object."""
@@ -1218,20 +1263,25 @@ cdef class NaivePool:
         return s
 
     def __repr__(self) -> str:
-        return f"NaivePool(nr_cpus={self.c.nr_cpus}, objects={self.c.objects})"
+        cdef int64_t objects
+        with nogil:
+            pthread_mutex_lock(&self.c.lock)
+            objects = self.c.objects
+            pthread_mutex_unlock(&self.c.lock)
+        return f"NaivePool(nr_cpus={self.c.nr_cpus}, objects={objects})"
 
 
-cdef PerCPUPool _default_pool = None
+# Made once, at import (module initialisation runs in one thread, under the
+# import lock), and never replaced: default_pool() is then a plain load that
+# many threads may run at once without the GIL. A lazy check-then-set here
+# would let two threads each store a pool (and drop a reference twice) on a
+# free-threaded build. The cost is one block's mapping, whose pages are only
+# touched when counters land in them; percpu._refs asks for the pool at its
+# own import anyway.
+cdef PerCPUPool _default_pool = PerCPUPool()
 
 
 cdef PerCPUPool default_pool():
-    global _default_pool
-    cdef PerCPUPool pool
-    if _default_pool is None:
-        pool = PerCPUPool()
-        # Creation may release the GIL (refill); another thread may have won.
-        if _default_pool is None:
-            _default_pool = pool
     return _default_pool
 
 

@@ -1,7 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
-"""percpu._core: CPU ids, machine features and the thread registry."""
+# cython: freethreading_compatible=True
+"""percpu._core: CPU ids, machine features and the thread registry.
+
+The registry is made at import and guarded by its own mutex; readers of its
+figures take it too, so nothing here relies on a GIL
+(``freethreading_compatible``).
+"""
 from cpython.pycapsule cimport PyCapsule_New
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -10,6 +16,20 @@ from percpu.cpercpu cimport *
 cdef extern from "percpu/registry_init.h" nogil:
     pc_registry *pc_the_registry
     int pc_registry_create() nogil
+
+# The registry as seen with its lock, for the readers below (the shared
+# declaration in percpu.cpercpu leaves the lock out).
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
+cdef extern from "percpu.h" nogil:
+    ctypedef struct _locked_registry "pc_registry":
+        pthread_mutex_t lock
+        int32_t live
+        int32_t high_water
 
 if pc_registry_create() != 0:
     raise MemoryError("percpu: cannot create the thread registry")
@@ -61,10 +81,20 @@ def features() -> dict:
 
 def registry_stats() -> dict:
     """Thread registry figures: live threads, records handed out, grace periods run."""
+    cdef _locked_registry *reg = <_locked_registry *>pc_the_registry
+    cdef int32_t live, high_water
+    # Threads join and leave under the registry lock, with no GIL to keep
+    # them still on a free-threaded build: read the pair under it too.
+    with nogil:
+        pthread_mutex_lock(&reg.lock)
+        live = reg.live
+        high_water = reg.high_water
+        pthread_mutex_unlock(&reg.lock)
     return {
-        "live": pc_the_registry.live,
-        "high_water": pc_the_registry.high_water,
-        "grace_periods": pc_the_registry.grace_periods,
+        "live": live,
+        "high_water": high_water,
+        # Counted with an atomic add, outside any lock.
+        "grace_periods": pc_load_i32(&pc_the_registry.grace_periods, PC_RELAXED),
         "capacity": PC_MAX_THREADS,
     }
 

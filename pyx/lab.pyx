@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._lab: native-thread kernels for the tests and the measurements.
 
 The lab drives the library's nogil C API from a team of native threads
@@ -10,6 +11,10 @@ taken, dropped and killed concurrently (``_stress_kill``, ``_stress_exact``,
 ``_misused_get_vs_tryget``, ``_release_frees_object``), a thread's registry
 record after its exit (``_registry_after_exit``), and the team itself
 (``team_selftest``). The library's modules never import this one.
+
+Every helper keeps its state in the call (C structs on its stack or its own
+allocations), so they may run from many Python threads at once with no GIL
+(``freethreading_compatible``).
 """
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -881,30 +886,35 @@ cdef struct _Boxed:
     char tail[64]
 
 
-cdef int64_t _boxed_calls = 0
-cdef int64_t _boxed_confirms = 0
+# The callbacks' counts, one per call of _release_frees_object (on its
+# stack, not module globals: calls from several threads must not mix), and
+# the box they release; outside the box, which the release poisons or frees.
+cdef struct _BoxedCalls:
+    _Boxed *box
+    int64_t calls
+    int64_t confirms
 
 
 cdef void _poison_release(void *ctx) noexcept nogil:
     # The kernel's pattern: the release frees the object around the count
     # (here: overwrites every byte, so that a later write shows).
-    cdef _Boxed *b = <_Boxed *>ctx
-    pc_fetch_add_i64(&_boxed_calls, 1, PC_RELAXED)
-    ref_destroy(&b.ref)
-    memset(b, 0x5A, sizeof(_Boxed))
+    cdef _BoxedCalls *c = <_BoxedCalls *>ctx
+    pc_fetch_add_i64(&c.calls, 1, PC_RELAXED)
+    ref_destroy(&c.box.ref)
+    memset(c.box, 0x5A, sizeof(_Boxed))
 
 
 cdef void _free_release(void *ctx) noexcept nogil:
     # The same, really freed: under AddressSanitizer a later access is a
     # heap-use-after-free report.
-    cdef _Boxed *b = <_Boxed *>ctx
-    pc_fetch_add_i64(&_boxed_calls, 1, PC_RELAXED)
-    ref_destroy(&b.ref)
-    free(b)
+    cdef _BoxedCalls *c = <_BoxedCalls *>ctx
+    pc_fetch_add_i64(&c.calls, 1, PC_RELAXED)
+    ref_destroy(&c.box.ref)
+    free(c.box)
 
 
 cdef void _boxed_confirm(void *ctx) noexcept nogil:
-    pc_fetch_add_i64(&_boxed_confirms, 1, PC_RELAXED)
+    pc_fetch_add_i64(&(<_BoxedCalls *>ctx).confirms, 1, PC_RELAXED)
 
 
 def _release_frees_object(str kind, str how, bint really_free=False) -> dict:
@@ -917,8 +927,8 @@ def _release_frees_object(str kind, str how, bint really_free=False) -> dict:
     ``shared_put`` (PercpuRef switched to atomic: the slow path's put).
     Returns the return code of the releasing call, the number of callbacks
     and confirms, and whether the poison is intact."""
-    global _boxed_calls, _boxed_confirms
     cdef int k = ref_kind_of(kind)
+    cdef _BoxedCalls counts
     cdef _Boxed *b = <_Boxed *>malloc(sizeof(_Boxed))
     cdef unsigned char *bytes_ = <unsigned char *>b
     cdef int rc
@@ -938,12 +948,14 @@ def _release_frees_object(str kind, str how, bint really_free=False) -> dict:
     if how == "underflow" and k == PCREF_ATOMIC:
         free(b)
         raise ValueError("an AtomicRef has no fold")
-    rc = ref_init(&b.ref, k, NULL, False, _free_release if really_free else _poison_release, b)
+    counts.box = b
+    counts.calls = 0
+    counts.confirms = 0
+    rc = ref_init(&b.ref, k, NULL, False, _free_release if really_free else _poison_release,
+                  &counts)
     if rc != 0:
         free(b)
         raise MemoryError(f"ref_init failed ({rc})")
-    _boxed_calls = 0
-    _boxed_confirms = 0
     with nogil:
         if step == 0:
             ref_get(&b.ref)
@@ -952,7 +964,7 @@ def _release_frees_object(str kind, str how, bint really_free=False) -> dict:
         elif step == 1:
             rc = ref_kill(&b.ref)
         elif step == 2:
-            rc = ref_kill_and_confirm(&b.ref, _boxed_confirm, NULL)
+            rc = ref_kill_and_confirm(&b.ref, _boxed_confirm, &counts)
         elif step == 3:
             ref_put(&b.ref)
             rc = ref_kill(&b.ref)
@@ -969,7 +981,7 @@ def _release_frees_object(str kind, str how, bint really_free=False) -> dict:
             if bytes_[i] != 0x5A:
                 intact = False
         free(b)
-    return {"rc": rc, "calls": _boxed_calls, "confirms": _boxed_confirms, "intact": intact}
+    return {"rc": rc, "calls": counts.calls, "confirms": counts.confirms, "intact": intact}
 
 
 cdef extern from "<pthread.h>" nogil:

@@ -1,10 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._refs: reference counts (AtomicRef, BigRef, PercpuRef).
 
 The struct, the inline fast paths and the documented nogil C API are in
 src/percpu/_refs.pxd; this module holds the out-of-line paths (slow and cold:
 the mode switches, the grace period, the fold, the release), the Python
 classes. The native-thread kernels that drive it live in the lab (pyx/lab.pyx).
+
+Without a GIL (``freethreading_compatible``) nothing changes for them: the
+fast paths were written for nogil threads already, every switch runs under
+the reference's own lock, and the release callback runs once, in the thread
+whose put won the release bit.
 """
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals

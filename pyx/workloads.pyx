@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# cython: freethreading_compatible=True
 """percpu._workloads: the nogil kernels of the four workloads.
 
 ``run_<name>(strategy, threads, ops, params, duration_ns=0) -> dict``; ``ops``
@@ -14,6 +15,9 @@ it writes each specialisation, so the strategy's inline fast path is compiled
 into the loop and the choice costs nothing per op. The team gets one plain C
 function per specialisation, picked once per run. Slow paths (reads, churn,
 unregister) live in separate functions the loops call rarely.
+
+Every run builds its own objects and C state, so runs may start from many
+Python threads at once with no GIL (``freethreading_compatible``).
 """
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free

@@ -15,7 +15,7 @@ import pyperf
 import pytest
 
 import percpu
-from percpu import bench, workloads
+from percpu import bench, pycounter, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ ALL = [(w.name, s) for w in workloads.WORKLOADS.values() for s in w.strategies]
 TINY = ["--debug-single-value"]
 CONTRACT_KEYS = {"percpu_workload": str, "percpu_strategy": str, "percpu_threads": int,
                  "percpu_params": str, "percpu_nr_cpus": int, "percpu_features": str,
-                 "percpu_version": str}
+                 "percpu_version": str, "percpu_free_threaded": int, "percpu_gil_enabled": int}
 
 
 def env_with(extra_path: Path | None = None, **extra: str) -> dict[str, str]:
@@ -67,6 +67,9 @@ def check_point(b: pyperf.Benchmark, workload: str, strategy: str, threads: int)
     assert meta["percpu_nr_cpus"] == percpu.nr_cpus()
     assert json.loads(meta["percpu_features"])["nr_cpus"] == percpu.nr_cpus()
     assert meta["percpu_version"] == percpu.__version__
+    build = pycounter.python_build()
+    assert meta["percpu_free_threaded"] == int(build["free_threaded"])
+    assert meta["percpu_gil_enabled"] == int(build["gil_enabled"])
     # pyperf's own metadata is kept as it records it.
     assert meta["cpu_count"] == os.cpu_count()
     assert "python_version" in meta and meta["unit"] == "second"

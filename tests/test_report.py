@@ -475,6 +475,37 @@ def test_two_files_are_compared_side_by_side(results_file: Callable[..., Path], 
     assert 'href="throughput_stat.png"' in page and "one line per (file, strategy)" in page
 
 
+def test_gil_and_free_threaded_runs_side_by_side_from_python(
+        results_file: Callable[..., Path], tmp_path: Path) -> None:
+    gil = results_file("gil/results.json", workloads=("pycounter",), shared_noise=True,
+                       metadata={"percpu_free_threaded": 0, "percpu_gil_enabled": 1,
+                                 "percpu_idiom": "c.inc()"})
+    ft = results_file("ft/results.json", workloads=("pycounter",), shared_noise=True,
+                      scale={("pycounter", "percpu"): 0.5},
+                      metadata={"percpu_free_threaded": 1, "percpu_gil_enabled": 0,
+                                "percpu_idiom": "c.inc()"})
+    out = tmp_path / "py"
+    proc = run_cli(str(gil), str(ft), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    section = md[md.index("## From Python"):]
+    assert "- `gil`: GIL build; shared: `c.inc()`" in section
+    assert "- `ft`: free-threaded, GIL off; shared: `c.inc()`" in section
+    header = next(line for line in section.splitlines() if line.startswith("| strategy |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "strategy", "gil, 1 thread", "gil, 2 threads", "gil, 2T/1T",
+        "ft, 1 thread", "ft, 2 threads", "ft, 2T/1T", "exact"]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in section.splitlines() if line.startswith("| `")}
+    # Total ns per increment at 2 threads over 1: 47 / (2 * 46) and 140 / (2 * 75).
+    assert cells["`percpu`"][3] == "0.51" and cells["`percpu`"][6] == "0.51"
+    assert float(cells["`percpu`"][1]) == pytest.approx(46, rel=0.05)
+    assert float(cells["`percpu`"][4]) == pytest.approx(23, rel=0.05)
+    assert cells["`locked`"][3] == "0.93"
+    assert cells["`racy`"][-1].startswith("gil 2T: no (lost")
+    assert "| free-threaded build | no | yes |" in md and "| GIL enabled | yes | no |" in md
+
+
 def test_file_labels_are_short_and_unique(tmp_path: Path) -> None:
     from percpu.report.loading import unique_labels
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -155,8 +156,8 @@ class Workload:
         for bounds in ("minimums", "maximums"):
             for key, value in getattr(self, bounds).items():
                 check_int(value, f"{bounds}[{key!r}]")
-        for key, value in self.unavailable.items():
-            check_str(value, f"unavailable[{key!r}]")
+        for key, why in self.unavailable.items():
+            check_str(why, f"unavailable[{key!r}]")
         if isinstance(self.hot_line, (str, bytes)) or not isinstance(self.hot_line, Iterable):
             raise TypeError(f"hot_line must be an iterable of str, not {type(self.hot_line).__name__}")
         hot = frozenset(self.hot_line)
@@ -220,14 +221,20 @@ def check_threads(threads: object) -> int:
 #: Every registered workload by name (``register`` adds one).
 WORKLOADS: dict[str, Workload] = {}
 
+# The check and the insert of register() are one step: without a GIL (and,
+# with one, between two bytecodes) two threads registering the same name
+# could otherwise both pass the check.
+_register_lock = threading.Lock()
+
 
 def register(workload: Workload, *, replace: bool = False) -> Workload:
     """Add ``workload`` to ``WORKLOADS`` (``replace=True`` to redefine one)."""
     if not isinstance(workload, Workload):
         raise TypeError(f"workload must be a Workload, not {type(workload).__name__}")
-    if workload.name in WORKLOADS and not replace:
-        raise ValueError(f"workload {workload.name!r} is already registered")
-    WORKLOADS[workload.name] = workload
+    with _register_lock:
+        if workload.name in WORKLOADS and not replace:
+            raise ValueError(f"workload {workload.name!r} is already registered")
+        WORKLOADS[workload.name] = workload
     return workload
 
 
@@ -292,9 +299,9 @@ def pycounter_workload() -> Workload:
         pycounter.WORKLOAD,
         pycounter.DESCRIPTION,
         pycounter.available_strategies(),
-        {"inplace": 0},
-        minimums={"inplace": 0},
-        maximums={"inplace": 1},
+        {"inplace": 0, "bound": 0, "own": 0},
+        minimums={"inplace": 0, "bound": 0, "own": 0},
+        maximums={"inplace": 1, "bound": 1, "own": 1},
         unavailable=pycounter.unavailable_strategies(),
         kernel=pycounter.kernel,
         baseline=pycounter.BASELINE,

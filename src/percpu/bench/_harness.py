@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pyperf
 
 import percpu
-from percpu import workloads
+from percpu import pycounter, workloads
 from percpu._checks import (
     check_instance,
     check_instances,
@@ -184,12 +184,18 @@ def point_metadata(point: Point) -> dict[str, Any]:
         "percpu_nr_cpus": percpu.nr_cpus(),
         "percpu_features": json.dumps(percpu.features(), sort_keys=True, separators=(",", ":")),
         "percpu_version": percpu.__version__,
+        # Whether Python threads can run at once: a free-threaded build with
+        # the GIL off. Recorded per point, as the GIL can come back on at
+        # run time (an extension module that does not declare support).
+        **{METADATA_PREFIX + k: int(v) for k, v in pycounter.python_build().items()},
     }
 
 
-# What a workload result carries that is not a figure of its own.
+# What a workload result carries that is not a figure of its own (the build
+# a result names is the point's metadata already).
 _NOT_FIGURES = frozenset(
-    {"seconds", "ops", "ops_per_sec", "threads", "workload", "strategy", "params"}
+    {"seconds", "ops", "ops_per_sec", "threads", "workload", "strategy", "params",
+     "free_threaded", "gil_enabled"}
 )
 
 

@@ -46,6 +46,8 @@ MACHINE_ROWS = (
     ("Python", "python_version"),
     ("Python implementation", "python_implementation"),
     ("Python compiler", "python_compiler"),
+    ("free-threaded build", "percpu_free_threaded"),
+    ("GIL enabled", "percpu_gil_enabled"),
     ("percpu version", "percpu_version"),
     ("pyperf version", "perf_version"),
     ("host", "hostname"),
@@ -78,6 +80,8 @@ def _machine(files: Sequence[ResultFile]) -> list[Block]:
             value = f.metadata.get(key)
             if key == "percpu_features":
                 cells.append(_features(value))
+            elif key in ("percpu_free_threaded", "percpu_gil_enabled") and isinstance(value, int):
+                cells.append("yes" if value else "no")
             elif key == "date" and isinstance(value, str):
                 cells.append(value.split(".")[0])
             else:
@@ -295,43 +299,115 @@ def _dst_table(files: Sequence[ResultFile]) -> Table | None:
     return Table(["file", "strategy", "threads", "churns", "churn failures (atomic alloc)"], rows, numeric={2, 3, 4})
 
 
+def build_of(file: ResultFile) -> str:
+    """Which kind of CPython ran a file: ``GIL build``, ``free-threaded, GIL
+    off``, ``free-threaded, GIL on`` (or ``mixed``, ``not recorded``)."""
+    kinds = set()
+    for p in file.points:
+        ft, gil = p.number("percpu_free_threaded"), p.number("percpu_gil_enabled")
+        if ft is None:
+            kinds.add("not recorded")
+        elif not ft:
+            kinds.add("GIL build")
+        else:
+            kinds.add("free-threaded, GIL " + ("on" if gil is None or gil else "off"))
+    if not kinds:
+        return "not recorded"
+    return kinds.pop() if len(kinds) == 1 else "mixed: " + ", ".join(sorted(kinds))
+
+
+def _form(p: Point) -> str:
+    """How the threads reached the counter, from the point's parameters."""
+    params = p.params
+    counter = "own" if params.get("own") else "shared"
+    if params.get("bound"):
+        counter += ", bound"
+    idiom = p.metadata.get("percpu_idiom")
+    return f"{counter}: `{idiom}`" if isinstance(idiom, str) else counter
+
+
+def _scaling(first: Point | None, last: Point | None) -> str:
+    # Total ns per increment (all threads) at the second count over the first:
+    # 0.5 is perfect scaling from 1 to 2 threads, 1.0 none.
+    if first is None or last is None or first is last:
+        return "-"
+    return f"{(last.time_mean / last.threads) / (first.time_mean / first.threads):.2f}"
+
+
+def _exact_summary(cells: Sequence[tuple[str, Point]]) -> str:
+    known = [(t, p) for t, p in cells if p.exact is not None]
+    if not known:
+        return "-"
+    if all(p.exact for _, p in known):
+        return "yes"
+    return "; ".join(f"{t}: {_exact_cell(p)}" for t, p in known if not p.exact)
+
+
 def _python_tables(files: Sequence[ResultFile]) -> list[Block]:
-    blocks: list[Block] = []
-    for f in files:
-        points = f.of("pycounter")
-        if not points:
-            continue
-        counts = sorted({p.threads for p in points})[:2]
-        headers = ["strategy", *(f"ns per increment, {fmt.plural(t, 'thread')}" for t in counts), "exact"]
+    with_points = [f for f in files if f.of("pycounter")]
+    if not with_points:
+        return []
+    counts = sorted({p.threads for f in with_points for p in f.of("pycounter")})[:2]
+    names = [fmt.plural(t, "thread") for t in counts]
+    scale = f"{counts[-1]}T/{counts[0]}T" if len(counts) > 1 else None
+    strategies = order_strategies(p.strategy for f in with_points for p in f.of("pycounter"))
+    blocks: list[Block] = [
+        Heading(2, "From Python"),
+        Paragraph(
+            "The `pycounter` workload increments from Python code (one call per increment), "
+            "against counters from other packages (`peer:` strategies). "
+            "Time per increment as seen by one thread, mean +- std; lower is better."
+            + (f" {scale}: total ns per increment (all threads) at {names[-1]} over {names[0]}; "
+               "0.5 is perfect scaling, 1.0 none. Under a GIL only one thread runs Python code "
+               "at a time; a free-threaded build with the GIL off runs them at once."
+               if scale else "")
+        ),
+    ]
+    if len(with_points) == 1:
+        f = with_points[0]
+        headers = ["strategy", "form", *(f"ns per increment, {n}" for n in names)]
+        headers += [scale] if scale else []
+        headers.append("exact")
         rows = []
-        for strategy in order_strategies(p.strategy for p in points):
-            row = [f"`{strategy}`"]
-            exact_cells = []
-            for t in counts:
-                p = f.get("pycounter", strategy, t)
-                row.append("-" if p is None else f"{p.time_mean * 1e9:.3g} +- {p.time_std * 1e9:.2g}")
-                if p is not None and p.exact is not None:
-                    exact_cells.append((t, p))
-            if not exact_cells:
-                row.append("-")
-            elif all(p.exact for _, p in exact_cells):
-                row.append("yes")
-            else:
-                row.append("; ".join(f"{t}T: {_exact_cell(p)}" for t, p in exact_cells if not p.exact))
+        for strategy in strategies:
+            points = [f.get("pycounter", strategy, t) for t in counts]
+            present = [p for p in points if p is not None]
+            if not present:
+                continue
+            row = [f"`{strategy}`", _form(present[0])]
+            row += ["-" if p is None else f"{p.time_mean * 1e9:.3g} +- {p.time_std * 1e9:.2g}"
+                    for p in points]
+            if scale:
+                row.append(_scaling(points[0], points[-1]))
+            row.append(_exact_summary([(f"{t}T", p) for t, p in zip(counts, points) if p is not None]))
             rows.append(row)
-        if len(files) > 1:
-            blocks.append(Paragraph(f"`{f.label}`:"))
-        blocks.append(Table(headers, rows, numeric=set(range(1, len(counts) + 1))))
-    if blocks:
-        blocks = [
-            Heading(2, "From Python"),
-            Paragraph(
-                "The `pycounter` workload increments from Python code (one call per increment), "
-                "against counters from other packages (`peer:` strategies). "
-                "Time per increment as seen by one thread, mean +- std; lower is better."
-            ),
-            *blocks,
-        ]
+        blocks.append(Paragraph(f"Build: {build_of(f)}."))
+        blocks.append(Table(headers, rows, numeric=set(range(2, 2 + len(counts) + (1 if scale else 0)))))
+        return blocks
+    # Several files (a GIL and a free-threaded run, say): side by side.
+    blocks.append(Bullets([
+        f"`{f.label}`: {build_of(f)}; " + "; ".join(sorted({_form(p) for p in f.of("pycounter")}))
+        for f in with_points
+    ]))
+    headers = ["strategy"]
+    for f in with_points:
+        headers += [f"{f.label}, {n}" for n in names]
+        headers += [f"{f.label}, {scale}"] if scale else []
+    headers.append("exact")
+    rows = []
+    per_file = len(counts) + (1 if scale else 0)
+    for strategy in strategies:
+        row = [f"`{strategy}`"]
+        exact_cells = []
+        for f in with_points:
+            points = [f.get("pycounter", strategy, t) for t in counts]
+            row += ["-" if p is None else f"{p.time_mean * 1e9:.3g}" for p in points]
+            if scale:
+                row.append(_scaling(points[0], points[-1]))
+            exact_cells += [(f"{f.label} {t}T", p) for t, p in zip(counts, points) if p is not None]
+        row.append(_exact_summary(exact_cells))
+        rows.append(row)
+    blocks.append(Table(headers, rows, numeric=set(range(1, 1 + per_file * len(with_points)))))
     return blocks
 
 
