@@ -275,10 +275,18 @@ def _doc_params(fn: Any) -> list[inspect.Parameter] | None:
 
 def signature(fn: Any, drop_self: bool) -> tuple[list[Param], bool, bool]:
     """(params, takes *args, takes **kwargs); fails the collection when unknown."""
+    # An extension method's embedded docstring signature comes first: from
+    # CPython 3.13, inspect gives a one-argument method without a
+    # __text_signature__ the generic "($self, object, /)", which has lost
+    # the parameter's name.
+    generic = getattr(fn, "__text_signature__", None) in ("($self, object, /)", "($module, object, /)")
+    embedded = _doc_params(fn) if generic else None
     try:
+        if embedded is not None:
+            raise ValueError("use the embedded signature")
         ps = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        doc = _doc_params(fn)
+        doc = embedded if embedded is not None else _doc_params(fn)
         if doc is None and isinstance(fn, type) and "__init__" not in vars(fn):
             doc = []  # an extension type that takes no arguments
         if doc is None:

@@ -20,6 +20,13 @@ from percpu.refs import fast_path
 OPS = 20_000
 
 
+def same_machine(features: dict[str, Any]) -> bool:
+    """The child's features are ours, except the slots each process has used."""
+    mine = percpu.features()
+    return {k: v for k, v in features.items() if k != "slots_in_use"} == {
+        k: v for k, v in mine.items() if k != "slots_in_use"}
+
+
 def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.update(env_extra or {})
@@ -32,12 +39,14 @@ def test_json_reports_every_strategy_with_exact_totals() -> None:
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["version"] == percpu.__version__
-    # slots_in_use grows with what a process has run (the child printed it
-    # before its self-check); every other feature is the machine's.
-    mine = {k: v for k, v in percpu.features().items() if k != "slots_in_use"}
-    assert {k: v for k, v in rep["features"].items() if k != "slots_in_use"} == mine
-    assert 0 <= rep["features"]["slots_in_use"] <= rep["features"]["nr_cpus"]
+    assert same_machine(rep["features"])
+    # Read after the self-check, which used at least one slot.
+    assert 1 <= rep["features"]["slots_in_use"] <= rep["features"]["nr_cpus"]
     assert rep["fast_path"] == {"refs": fast_path()}
+    if rep["features"]["rseq"]:
+        assert rep["fast_paths"]["counters"].startswith("rseq critical section")
+        assert rep["fast_paths"]["counters"].endswith(
+            f"indexed by {rep['features']['cpu_source']}")
     check = rep["selfcheck"]
     assert check["threads"] == [1, 2]
     assert check["ok"] is True
@@ -72,12 +81,20 @@ def test_text_report_names_version_features_and_every_strategy() -> None:
     assert out.rstrip().endswith("self-check: ok")
 
 
+def test_default_threads_are_the_allowed_cpus_at_least_two() -> None:
+    proc = run_cli("--json", "--ops", "1000")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    allowed = len(os.sched_getaffinity(0))
+    assert rep["selfcheck"]["threads"] == [1, max(2, allowed)]
+
+
 def test_no_check_prints_no_selfcheck() -> None:
     proc = run_cli("--json", "--no-check")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["selfcheck"] is None
-    assert rep["usable_cpus"] == len(os.sched_getaffinity(0))
+    assert same_machine(rep["features"])
 
 
 def test_fallback_fast_paths_are_reported() -> None:

@@ -68,19 +68,17 @@ def _parser() -> _Parser:
     return p
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+def allowed_cpus(features: dict[str, Any]) -> int:
+    """CPUs this process may run on, as percpu sees them."""
+    allowed = features.get("allowed_cpus")
+    return int(allowed) if allowed else (os.cpu_count() or 1)
 
 
 def fast_paths(features: dict[str, Any], refs_fast_path: str) -> dict[str, str]:
     """In words, how an increment and a reference get/put run here."""
     if features.get("rseq"):
-        counters = ("rseq critical section (a plain add, restarted on preemption; "
-                    f"slots indexed by {features.get('cpu_source')})")
+        counters = (f"rseq critical section (a plain add, restarted on preemption), "
+                    f"slots indexed by {features.get('cpu_source')}")
     else:
         counters = (f"atomic add on the current CPU's slot "
                     f"(cpu id from {features.get('cpu_source')})")
@@ -166,11 +164,17 @@ def self_check(threads: int, ops: int | None = None, run: Runner | None = None) 
     return {"threads": counts, "counters": counters, "refs": refs, "ok": ok}
 
 
-def report(threads: int, ops: int | None, check: bool, run: Runner | None = None) -> dict[str, Any]:
-    """Everything ``python -m percpu`` prints, as a dict."""
+def report(threads: int | None, ops: int | None, check: bool,
+           run: Runner | None = None) -> dict[str, Any]:
+    """Everything ``python -m percpu`` prints, as a dict. ``threads`` None:
+    the CPUs this process may run on, at least 2."""
     import percpu
     from percpu.refs import fast_path
 
+    if threads is None:
+        threads = max(2, allowed_cpus(percpu.features()))
+    selfcheck = self_check(threads, ops, run) if check else None
+    # Read after the check, so that slots_in_use counts the slots it used.
     features = percpu.features()
     refs_fast_path = fast_path()
     gil = getattr(sys, "_is_gil_enabled", None)
@@ -179,11 +183,10 @@ def report(threads: int, ops: int | None, check: bool, run: Runner | None = None
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "gil_enabled": gil() if gil is not None else True,
         "platform": platform.platform(),
-        "usable_cpus": usable_cpus(),
         "features": features,
         "fast_path": {"refs": refs_fast_path},
         "fast_paths": fast_paths(features, refs_fast_path),
-        "selfcheck": self_check(threads, ops, run) if check else None,
+        "selfcheck": selfcheck,
     }
 
 
@@ -224,8 +227,12 @@ def print_report(rep: dict[str, Any], out: TextIO) -> None:
     f = rep["features"]
     print(f"percpu {rep['version']} on {rep['python']}"
           f"{'' if rep['gil_enabled'] else ' (GIL disabled)'}, {rep['platform']}", file=out)
-    print(f"CPUs: {f['nr_cpus']} slots (possible CPUs), {rep['usable_cpus']} usable here",
-          file=out)
+    cpus = [f"{f['nr_cpus']} possible (slots per object)"]
+    for key, label in (("online_cpus", "online"), ("allowed_cpus", "allowed here"),
+                       ("slots_in_use", "slots in use")):
+        if key in f:
+            cpus.append(f"{f[key]} {label}")
+    print("CPUs: " + ", ".join(cpus), file=out)
     print("features: " + ", ".join(f"{k}={v}" for k, v in f.items()), file=out)
     print(f"fast path, counters:   {rep['fast_paths']['counters']}", file=out)
     print(f"fast path, references: {rep['fast_paths']['refs']} "
@@ -262,15 +269,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return 2
     from percpu.workloads import MAX_THREADS
 
-    threads = args.threads if args.threads is not None else max(2, usable_cpus())
-    if threads > MAX_THREADS:
-        print(f"{PROG}: error: --threads must be at most {MAX_THREADS}, not {threads}",
+    if args.threads is not None and args.threads > MAX_THREADS:
+        print(f"{PROG}: error: --threads must be at most {MAX_THREADS}, not {args.threads}",
               file=sys.stderr)
         return 2
     if args.ops is not None and args.ops > MAX_OPS:
         print(f"{PROG}: error: --ops must be at most {MAX_OPS}, not {args.ops}", file=sys.stderr)
         return 2
-    rep = report(threads, args.ops, not args.no_check, run)
+    rep = report(args.threads, args.ops, not args.no_check, run)
     if args.json:
         json.dump(rep, out, indent=2)
         out.write("\n")

@@ -306,6 +306,8 @@ def idiom_status(strategy: str) -> dict[str, str | None]:
     when that form runs its own idiom, else why not (``run`` then falls back
     to the plain idiom and says so in ``idiom``). Every percpu counter has
     both."""
+    if not isinstance(strategy, str):
+        raise TypeError(f"strategy must be a str, not {type(strategy).__name__}")
     if strategy in COUNTERS:
         return {"inplace": None, "bound": None}
     name = strategy[len(PEER_PREFIX):] if strategy.startswith(PEER_PREFIX) else None
