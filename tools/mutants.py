@@ -67,9 +67,9 @@ MUTANTS: dict[str, tuple[str, list[str]]] = {
         "ApproxCounter folds a CPU's delta into the shared count without the lock",
         [f"{C}::test_approx_folds_exact_under_threads[{b}]" for b in (1, 4)],
     ),
-    "release_twice": (
-        "the release runs without checking the RELEASED bit",
-        [f"{R}::test_threads_misuse_on_a_released_reference_never_releases_again[{k}]"
+    "release_keeps_count": (
+        "the last put releases without marking the count released (a misused get revives it)",
+        [f"tests/test_ref_lifetimes.py::test_misused_get_never_lets_tryget_succeed[{k}]"
          for k in ("atomic", "bigref", "percpu")],
     ),
     "perthread_shared_slot": (
