@@ -486,10 +486,12 @@ def test_threads_balanced_getput_keeps_value(kind: str) -> None:
 
 
 def test_threads_misuse_on_a_released_reference_never_releases_again(kind: str) -> None:
-    """Gets and puts on a released reference from many threads at once: each
-    get moves the count off zero for a moment, and a put that lands then
-    sees the count at one. Only the RELEASED bit stops that put from
-    running the callback a second time."""
+    """Gets and puts on a released reference from many threads at once: the
+    released count sits deep below zero (PCREF_DEAD), so no interleaving of
+    misused gets brings a put back to the last reference, and every call
+    fails. (The RELEASED bit is a second guard behind the count: a build
+    that ignores it still passes here, as tools/mutants.py found; the count
+    alone is what this test checks.)"""
     cb = Calls()
     r = make(kind, cb)
     r.kill()
