@@ -854,6 +854,7 @@ cdef struct _LiveArg:
     int32_t killed      # the kill has returned
     int32_t confirm     # kill_and_confirm instead of kill
     int32_t kill_rc
+    int32_t taking      # a taker has taken a reference this round
 
 
 cdef void _live_confirm(void *ctx) noexcept nogil:
@@ -866,7 +867,16 @@ cdef void _live_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept 
     cdef _LiveArg *a = <_LiveArg *>arg
     cdef pc_ref *r = &a.ref
     cdef int64_t i, got = 0, after = 0
+    cdef int64_t until
     if tid == 0:
+        # The race needs takers in their loop when the kill comes: on a
+        # loaded machine the killer could otherwise run its whole round
+        # before any taker is scheduled. Wait for one (at most a second,
+        # so that a taker that never succeeds fails the test, not hangs it),
+        # then the round's random delay.
+        until = pc_now_ns() + 1000000000
+        while not pc_load_i32(&a.taking, PC_RELAXED) and pc_now_ns() < until:
+            pc_cpu_relax()
         for i in range(a.delay):
             pc_cpu_relax()
         if a.confirm:
@@ -881,7 +891,10 @@ cdef void _live_kernel(void *arg, int tid, int64_t ops, int64_t *done) noexcept 
         while not pc_load_i32(&a.killed, PC_SEQ_CST):
             # Keep what we get: every success is a reference the kill must
             # have counted.
-            got += percpuref_tryget_live(r) == 1
+            if percpuref_tryget_live(r) == 1:
+                got += 1
+                # Relaxed: only a go-ahead for the killer, it orders nothing.
+                pc_store_i32(&a.taking, 1, PC_RELAXED)
         for i in range(ops):
             if percpuref_tryget_live(r) == 1:
                 got += 1

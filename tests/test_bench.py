@@ -499,9 +499,17 @@ def test_calibrate_command_tiny(tmp_path: Path) -> None:
 
 # instructions ----------------------------------------------------------------
 
-needs_valgrind = pytest.mark.skipif(
+_no_valgrind = pytest.mark.skipif(
     __import__("shutil").which("valgrind") is None,
     reason="valgrind is not installed: instruction counts need callgrind")
+# valgrind cannot run a process that has the AddressSanitizer runtime in it.
+_sanitized = pytest.mark.skipif(
+    bool(os.environ.get("PERCPU_SANITIZED")),
+    reason="sanitizer build: valgrind cannot run ASan-instrumented code")
+
+
+def needs_valgrind(test: Any) -> Any:
+    return _no_valgrind(_sanitized(test))
 
 
 @needs_valgrind

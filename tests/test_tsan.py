@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# C alone: no Python version can change the result, so tox runs it once.
+pytestmark = pytest.mark.c_only
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "c" / "stress.c"
 HEADER_DIR = ROOT / "pyx" / "include"
