@@ -52,8 +52,10 @@ cdef void _call_noexcept(object fn) noexcept:
 
 
 cdef inline bint _time_up(int64_t i) noexcept nogil:
-    # The team's deadline, polled once every PC_TEAM_POLL iterations.
-    return (i & (PC_TEAM_POLL - 1)) == 0 and pc_team_expired()
+    # The team's deadline, polled once every PC_TEAM_POLL iterations, from
+    # the end of the first round: a member that the scheduler starts after
+    # the deadline (a loaded machine) still does one round.
+    return i != 0 and (i & (PC_TEAM_POLL - 1)) == 0 and pc_team_expired()
 
 
 # The canary of a kernel: a count of its iterations that is read when an

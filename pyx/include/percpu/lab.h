@@ -36,7 +36,7 @@ typedef struct { int kind; int mixed; void *c; } pc_counter_job;
 #define PC_COUNTER_LOOP(ADD, T)                                            \
     do {                                                                   \
         T *c = (T *)job->c;                                                \
-        for (i = 0; i < ops && !pc_team_expired();) {                      \
+        for (i = 0; i < ops && (i == 0 || !pc_team_expired());) {          \
             int64_t end = ops - i < PC_TEAM_POLL ? ops : i + PC_TEAM_POLL; \
             if (job->mixed)                                                \
                 for (; i < end; i++) ADD(c, (i & 3) == 3 ? -1 : 1);        \

@@ -24,7 +24,9 @@ typedef void (*pc_kernel_fn)(void *arg, int tid, int64_t ops, int64_t *done);
 /* Kernels that honour a time limit check pc_team_expired() once every
  * PC_TEAM_POLL ops (a clock read costs ~20 ns: once per 1024 ops it is lost
  * in the noise, and a thread overruns the limit by fewer than 1024 ops) and
- * report the ops they completed in *done. */
+ * report the ops they completed in *done. The lab's kernels check first after
+ * their first round, so that every member does some work even when the
+ * scheduler starts it after the deadline. */
 #define PC_TEAM_POLL 1024
 
 typedef struct {
