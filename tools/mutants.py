@@ -31,6 +31,8 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from importlib.util import find_spec
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,12 +125,13 @@ def compiled_mutants() -> list[str]:
     return list(info["names"])
 
 
-def run_tests(tests: list[str], mutant: str | None, report: Path) -> tuple[int, dict[str, str]]:
+def run_tests(tests: list[str], mutant: str | None, report: Path,
+              extra: tuple[str, ...] = ()) -> tuple[int, dict[str, str]]:
     """pytest on tests; returns its exit status and each test's outcome
     ("passed", "killed", "inconclusive", "error", "skipped")."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junit-xml={report}",
-         *tests],
+         *extra, *tests],
         cwd=DEST, env=test_env(mutant), capture_output=True, text=True, timeout=1800)
     outcomes: dict[str, str] = {}
     if report.exists():
@@ -158,6 +161,11 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these mutants only")
     ap.add_argument("--no-build", action="store_true", help=f"reuse the build in {DEST}")
     ap.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    ap.add_argument("--first", action="store_true",
+                    help="stop each run at its first failing test (a kill is a kill; "
+                         "the table then shows the tests after it as not run)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="mutants tried at once (default: the CPUs)")
     args = ap.parse_args()
     if args.list:
         for name, (what, tests) in MUTANTS.items():
@@ -184,21 +192,35 @@ def main() -> int:
     report = DEST / "mutants-junit.xml"
     control = sorted({t for name in chosen for t in MUTANTS[name][1]})
     log(f"mutants: control run, no mutant, {len(control)} tests ...")
-    rc, outcomes = run_tests(control, None, report)
+    # The control is every test once: one pytest process per job (xdist).
+    spread = ("-n", str(args.jobs)) if args.jobs > 1 and find_spec("xdist") else ()
+    rc, outcomes = run_tests(control, None, report, spread)
     bad = {t: o for t, o in outcomes.items() if o != "passed"}
     if rc != 0 or bad or len(outcomes) < len(control):
         log(f"mutants: the control run must pass; it did not (exit {rc}): {bad or outcomes}")
         return 1
     t_control = time.monotonic()
 
+    def trial(name: str) -> tuple[str, list[tuple[int, dict[str, str]]], float]:
+        started = time.monotonic()
+        stop = ("-x",) if args.first else ()
+        runs = [run_tests(MUTANTS[name][1], name, DEST / f"mutants-junit-{name}.xml", stop)
+                for _ in range(args.repeat)]
+        return name, runs, (time.monotonic() - started) / args.repeat
+
+    # Mutants run side by side, --jobs at a time (each one's runs in order):
+    # their tests are short and mostly wait on subprocesses and threads that
+    # are preempted on purpose. Reported in the order of MUTANTS.
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = {name: (runs, took) for name, runs, took in pool.map(trial, chosen)}
+
     survivors = []
     for name in chosen:
         what, tests = MUTANTS[name]
         seen: dict[str, Counter[str]] = {t: Counter() for t in tests}
         killed_runs = 0
-        started = time.monotonic()
-        for i in range(args.repeat):
-            rc, outcomes = run_tests(tests, name, report)
+        runs, took = results[name]
+        for i, (rc, outcomes) in enumerate(runs):
             crashed = rc not in (0, 1) and not outcomes
             for t, o in outcomes.items():
                 seen.setdefault(t, Counter())[o] += 1
@@ -206,11 +228,13 @@ def main() -> int:
                 killed_runs += 1
             else:
                 log(f"    run {i + 1}: survived: {outcomes}")
-        took = (time.monotonic() - started) / args.repeat
         verdict = "killed" if killed_runs == args.repeat else "SURVIVED"
         log(f"{name} ({what}): {verdict} in {killed_runs} of {args.repeat} runs, {took:.0f} s a run")
         for t in tests:
             counts = seen[t]
+            missing = args.repeat - sum(counts.values())
+            if missing:
+                counts["not run"] += missing
             others = ", ".join(f"{o} {n}" for o, n in sorted(counts.items()) if o != "killed")
             log(f"    killed {counts['killed']:>2} of {args.repeat}: {t}"
                 + (f" ({others})" if others else ""))
