@@ -204,8 +204,11 @@ def main() -> int:
     def trial(name: str) -> tuple[str, list[tuple[int, dict[str, str]]], float]:
         started = time.monotonic()
         stop = ("-x",) if args.first else ()
-        runs = [run_tests(MUTANTS[name][1], name, DEST / f"mutants-junit-{name}.xml", stop)
-                for _ in range(args.repeat)]
+        runs = []
+        for i in range(args.repeat):
+            runs.append(run_tests(MUTANTS[name][1], name, DEST / f"mutants-junit-{name}.xml", stop))
+            kills = sum("killed" in o.values() or (rc not in (0, 1) and not o) for rc, o in runs)
+            log(f"  {name}: run {i + 1} of {args.repeat} done, killed in {kills}")
         return name, runs, (time.monotonic() - started) / args.repeat
 
     # Mutants run side by side, --jobs at a time (each one's runs in order):
