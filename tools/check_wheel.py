@@ -206,7 +206,8 @@ def test(venv: Path, env: dict[str, str], tests: list[str]) -> None:
     python = str(venv / "bin" / "python")
     step("tests against the installed wheel, no compiler on PATH")
     deselect = [a for t in COMPILING_TESTS for a in ("--deselect", t)]
-    run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+    # One test process per CPU: the test extra brings pytest-xdist.
+    run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto", "-m", "not slow",
          *deselect, *tests], env=env)
     step("the tests that build C, against the installed package (compiler allowed)")
     with_cc = dict(env)
