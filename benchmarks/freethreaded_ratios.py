@@ -12,8 +12,8 @@ Each row is one strategy in one form (see percpu.pycounter.run):
 - bound: one shared counter, each thread binds ``inc = c.inc`` once;
 - plain: one shared counter, ``c.inc()`` in the loop.
 
-Times are the best of --repeat runs (the machine's noise only adds time), and
-every run's count is checked exact. Meaningful on a free-threaded build with
+Times are the best of --repeat runs (the machine's noise only adds time), the
+thread counts interleaved, and every run's count is checked exact. Meaningful on a free-threaded build with
 the GIL off (``PYTHON_GIL=0``); under the GIL it shows the GIL's serialisation.
 """
 from __future__ import annotations
@@ -39,16 +39,19 @@ ROWS = [
 ]
 
 
-def best(strategy: str, form: str, threads: int, ops: int, repeat: int) -> float:
-    """The lowest total ns per increment of ``repeat`` runs; every run exact."""
-    times = []
+def best(strategy: str, form: str, counts: list[int], ops: int, repeat: int) -> list[float]:
+    """The lowest total ns per increment of ``repeat`` runs at each thread
+    count, the counts interleaved (1, 2, 1, 2, ...) so that a drift of the
+    machine's speed moves them all; every run exact."""
+    times: dict[int, list[float]] = {t: [] for t in counts}
     for _ in range(repeat):
-        r = pycounter.run(strategy, threads, ops, bound=form == "bound", own=form == "own")
-        if r["exact"] is False:
-            raise SystemExit(f"{strategy} ({form}) lost {r['lost_updates']} of {r['expected']} "
-                             f"increments at {threads} threads")
-        times.append(r["ns_per_increment"])
-    return min(times)
+        for threads in counts:
+            r = pycounter.run(strategy, threads, ops, bound=form == "bound", own=form == "own")
+            if r["exact"] is False:
+                raise SystemExit(f"{strategy} ({form}) lost {r['lost_updates']} of "
+                                 f"{r['expected']} increments at {threads} threads")
+            times[threads].append(r["ns_per_increment"])
+    return [min(times[t]) for t in counts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if strategy not in available:
             print(f"{label:<52}  skipped: {pycounter.unavailable_strategies().get(strategy)}")
             continue
-        ns = [best(strategy, form, t, args.ops, args.repeat) for t in counts]
+        ns = best(strategy, form, counts, args.ops, args.repeat)
         ratios = [n / ns[0] for n in ns[1:]]
         print(f"{label:<52}" + "".join(f"{n:9.1f}" for n in ns)
               + "".join(f"{r:9.2f}" for r in ratios), flush=True)
