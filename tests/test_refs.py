@@ -587,15 +587,18 @@ def test_fast_path_says_how_references_run() -> None:
     assert _refs.fast_path() == ("rseq" if f["rseq"] and f["membarrier"] == "rseq" else "sections")
 
 
-SHIM_C = r"""
+def _membarrier_shim(comment: str, refused: str, err: str) -> str:
+    """C for an LD_PRELOAD shim of syscall(): the membarrier commands that
+    ``refused`` (a C condition on the command, a[0]) selects fail with
+    ``err``; everything else reaches the real syscall()."""
+    return rf"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <sys/syscall.h>
-/* A kernel with rseq but without MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
- * (4.18-5.9): the RSEQ commands fail with EINVAL. */
-long syscall(long n, ...) {
+/* {comment} */
+long syscall(long n, ...) {{
     static long (*real)(long, ...);
     va_list ap;
     long a[6];
@@ -603,14 +606,19 @@ long syscall(long n, ...) {
     va_start(ap, n);
     for (i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    if (n == __NR_membarrier && (a[0] == (1 << 8) || a[0] == (1 << 7))) {
-        errno = EINVAL;
+    if (n == __NR_membarrier && ({refused})) {{
+        errno = {err};
         return -1;
-    }
+    }}
     if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
     return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
-}
+}}
 """
+
+
+#: A kernel with rseq but without MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ
+#: (4.18-5.9): the RSEQ commands (register and run) fail with EINVAL.
+SHIM_C = _membarrier_shim("no RSEQ membarrier", "a[0] == (1 << 8) || a[0] == (1 << 7)", "EINVAL")
 
 
 def _shim(tmp_path: Path, source: str) -> Path:
@@ -643,30 +651,9 @@ def test_no_rseq_membarrier_means_no_rseq_refs(tmp_path: Path) -> None:
                                         "fast_path": "sections"})
 
 
-SHIM_NO_MEMBARRIER_C = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <stdarg.h>
-#include <sys/syscall.h>
-/* A kernel without membarrier at all (before 4.3, or filtered by seccomp):
- * every command fails with ENOSYS. */
-long syscall(long n, ...) {
-    static long (*real)(long, ...);
-    va_list ap;
-    long a[6];
-    int i;
-    va_start(ap, n);
-    for (i = 0; i < 6; i++) a[i] = va_arg(ap, long);
-    va_end(ap);
-    if (n == __NR_membarrier) {
-        errno = ENOSYS;
-        return -1;
-    }
-    if (!real) real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
-    return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
-}
-"""
+#: A kernel without membarrier at all (before 4.3, or filtered by seccomp):
+#: every command fails with ENOSYS.
+SHIM_NO_MEMBARRIER_C = _membarrier_shim("no membarrier at all", "1", "ENOSYS")
 
 
 def test_no_membarrier_means_a_fences_only_grace_period(tmp_path: Path) -> None:
