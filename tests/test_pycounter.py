@@ -224,23 +224,23 @@ def test_missing_peer_shows_in_the_bench_listing(fake_peers: None) -> None:
 
 
 class NoInplace:
-    """Counts through inc(); has no +=, so ``c += 1`` raises TypeError."""
+    """Counts through inc(); has no +=, so ``c += 1`` raises TypeError. The
+    lock keeps the count exact where threads run at once (no GIL)."""
 
     def __init__(self) -> None:
         self.n = 0
+        self.lock = threading.Lock()
 
     def inc(self) -> None:
-        self.n += 1
+        with self.lock:
+            self.n += 1
 
 
-class Rebinding:
+class Rebinding(NoInplace):
     """``c += 1`` returns a new int instead of adding: it does not count."""
 
-    def __init__(self) -> None:
-        self.n = 0
-
-    def inc(self) -> None:
-        self.n += 1
+    def __add__(self, other: int) -> int:
+        return self.n + other
 
     def __add__(self, other: int) -> int:
         return self.n + other

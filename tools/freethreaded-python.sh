@@ -163,7 +163,9 @@ run_logged() {
         exit 1
     fi
 }
-run_logged ./configure --disable-gil --prefix="$CACHE" --with-ensurepip=install
+# --disable-test-modules: CPython's own test suite is neither built nor
+# installed (installing it byte-compiles thousands of files three times).
+run_logged ./configure --disable-gil --disable-test-modules --prefix="$CACHE" --with-ensurepip=install
 run_logged make -j"$JOBS"
 run_logged make install
 is_free_threaded "$PYTHON" || { say "$PYTHON is not a free-threaded build"; exit 1; }
