@@ -242,9 +242,6 @@ class Rebinding(NoInplace):
     def __add__(self, other: int) -> int:
         return self.n + other
 
-    def __add__(self, other: int) -> int:
-        return self.n + other
-
 
 @pytest.fixture
 def idiom_peers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
