@@ -48,7 +48,7 @@ set +e
 env LD_PRELOAD="$asan $ubsan" \
     ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$logs/asan:strict_string_checks=1" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan" \
-    PYTHONMALLOC=malloc PYTHONPATH=src PERCPU_SANITIZED=address,undefined \
+    PYTHONMALLOC=malloc PYTHONPATH="$dest/src" PERCPU_SANITIZED=address,undefined \
     "$py" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
