@@ -460,7 +460,7 @@ def _free_race(pool, int threads, long long objects, size_t size=8) -> dict:
         raise TypeError(f"pool must be a PerCPUPool or NaivePool, not {type(pool).__name__}")
     if objects < 0:
         raise ValueError(f"objects must be >= 0, not {objects}")
-    handles = <int64_t *>malloc(max(<size_t>objects, 1) * sizeof(int64_t))
+    handles = <int64_t *>malloc(max(<size_t>objects, <size_t>1) * sizeof(int64_t))
     if handles == NULL:
         raise MemoryError()
     try:
