@@ -17,6 +17,7 @@
 #   PERCPU_FT_PYTHON      an interpreter to use (checked, never built)
 #   PERCPU_FT_CACHE       the cache folder (default ~/.cache/percpu/cpython-3.13t)
 #   PERCPU_FT_JOBS        make -j (default: the number of CPUs)
+#   PERCPU_FT_NO_BUILD    non-empty: only look, never build (exit 1 when none)
 #
 # Progress goes to stderr; stdout carries the path only. Works without a
 # terminal or stdin (CI=true).
@@ -79,6 +80,11 @@ PYTHON=$CACHE/bin/python${SERIES}t
 # The stamp is written after `make install` succeeded: a half-installed prefix
 # (an interrupted run) is rebuilt, never used.
 if [ -f "$CACHE/.percpu-complete" ] && is_free_threaded "$PYTHON"; then found "$PYTHON"; fi
+
+if [ -n "${PERCPU_FT_NO_BUILD:-}" ]; then
+    say "no free-threaded CPython${WANT:+ $WANT} found (PERCPU_FT_NO_BUILD: not building one)"
+    exit 1
+fi
 
 # ---- build -----------------------------------------------------------------
 mkdir -p "$(dirname "$CACHE")"
