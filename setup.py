@@ -28,7 +28,8 @@ if unknown:
                      f"valid: {', '.join(MODULES)}")
 
 # -O1 under the sanitizers, as their documentation advises: fast enough to
-# run the suite, and the 135,000 lines of generated C compile in half the time.
+# run the suite, and the 135,000 lines of generated C compile faster (the
+# sanitizer build on 2 cores: 52 s -> 41 s).
 cflags = ["-O0", "-g"] if DEBUG else ["-O1"] if SANITIZE else ["-O2"]
 ldflags = []
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
