@@ -286,22 +286,22 @@ def signature(fn: Any, drop_self: bool) -> tuple[list[Param], bool, bool]:
     # __text_signature__ the generic "($self, object, /)", which has lost
     # the parameter's name.
     generic = getattr(fn, "__text_signature__", None) in ("($self, object, /)", "($module, object, /)")
-    embedded = _doc_params(fn) if generic else None
-    try:
-        if embedded is not None:
-            raise ValueError("use the embedded signature")
-        ps = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        doc = embedded if embedded is not None else _doc_params(fn)
-        if doc is None and isinstance(fn, type) and "__init__" not in vars(fn):
-            doc = []  # an extension type that takes no arguments
-        if doc is None:
+    ps = _doc_params(fn) if generic else None
+    if ps is None:
+        try:
+            ps = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            pass
+        else:
+            if drop_self and ps and ps[0].name == "self":
+                ps = ps[1:]
+    if ps is None:
+        ps = _doc_params(fn)
+        if ps is None and isinstance(fn, type) and "__init__" not in vars(fn):
+            ps = []  # an extension type that takes no arguments
+        if ps is None:
             raise AssertionError(f"cannot find the signature of {fn!r}: give it a docstring "
-                                 "signature or a __text_signature__") from None
-        ps = doc
-    else:
-        if drop_self and ps and ps[0].name == "self":
-            ps = ps[1:]
+                                 "signature or a __text_signature__")
     params = []
     varargs = varkw = False
     for p in ps:
