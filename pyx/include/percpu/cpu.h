@@ -180,14 +180,18 @@ typedef struct {
  * adopted, its fast paths fail over to the slow path, which adopts.
  */
 typedef struct {
-    int64_t area;      /* where the fast paths run sections: rseq_offset with
-                        * cpu ids, rseq_offset + 1 with mm_cid (the area is 32-byte
-                        * aligned, so the low bit is free); 0: no sections here
-                        * (not adopted, or none in this process) */
+    int64_t gate;      /* what a fast path needs, in one load (pc_gate_area,
+                        * pc_gate_bound):
+                        * bits 0-31, the area: where the sections run,
+                        * rseq_offset with cpu ids, rseq_offset + 1 with mm_cid
+                        * (the area is 32-byte aligned, so the low bit is
+                        * free); 0: no sections here;
+                        * bits 32-63, a copy of proc->bound, never above it
+                        * (stale is safe).
+                        * 0 until this module adopted a choice with sections
+                        * and saw a bound above 0, so until then every fast
+                        * path fails over to its slow path. */
     int64_t rseq;      /* rseq_offset in the rseq modes, else 0 */
-    int32_t bound;     /* a copy of proc->bound, never above it (stale is safe),
-                        * and a gate of the fast paths: 0 until this module
-                        * adopted a choice with sections, so every id fails it */
     int32_t mode;      /* proc->mode once adopted, PC_CPU_UNINIT before */
     int32_t refs;      /* 1: reference sections, 2: registry sections, 0: not adopted */
     int32_t nr_cpus;
@@ -197,16 +201,27 @@ typedef struct {
 static pc_local pc_mod;
 static PC_TLS int pc_tls_thread_index = -1;
 
-/* Raises this module's copy of the bound to at least b; only where sections
- * run (elsewhere the copy stays 0 and keeps the fast paths off). */
+/* The halves of pc_mod.gate. The area is sign-extended (rseq_offset is a
+ * small negative offset from the thread pointer; pc_cpu_choose() runs no
+ * sections where it does not fit in 32 bits). */
+static inline int64_t pc_gate_area(int64_t gate) { return (int64_t)(int32_t)(uint32_t)gate; }
+static inline uint32_t pc_gate_bound(int64_t gate) { return (uint32_t)((uint64_t)gate >> 32); }
+
+/* Raises this module's copy of the bound to at least b, setting the area
+ * with it; only where sections run (elsewhere the gate stays 0 and keeps
+ * the fast paths off). */
 static PC_COLD void pc_bound_cache_raise(pc_proc *p, int32_t b) {
-    int32_t old = pc_load_i32(&pc_mod.bound, PC_RELAXED);
-    if (!p->sections) return;
-    /* Release: the fast paths load the copy with acquire and write a slot
-     * below it; the value came from an acquire load of proc->bound (or a
-     * raise of it), so the raise that produced it happens before their
+    int64_t old = pc_load_i64(&pc_mod.gate, PC_RELAXED);
+    int64_t area = p->rseq_offset + (p->mode == PC_CPU_MM_CID);
+    if (!p->sections || b <= 0) return;
+    /* Release: the fast paths load the gate with acquire and write a slot
+     * below its bound; the value came from an acquire load of proc->bound
+     * (or a raise of it), so the raise that produced it happens before their
      * write. It also publishes pc_adopt()'s fields to them. */
-    while (old < b && !pc_cas_i32(&pc_mod.bound, &old, b, PC_RELEASE, PC_RELAXED)) {
+    while (pc_gate_bound(old) < (uint32_t)b &&
+           !pc_cas_i64(&pc_mod.gate, &old,
+                       (int64_t)(((uint64_t)(uint32_t)b << 32) | (uint32_t)area), PC_RELEASE,
+                       PC_RELAXED)) {
     }
 }
 
@@ -218,12 +233,6 @@ static PC_COLD pc_proc *pc_adopt(pc_proc *proc) {
     pc_store_ptr((void **)&pc_mod.proc, proc, PC_RELAXED);
     pc_store_i32(&pc_mod.nr_cpus, proc->nr_cpus, PC_RELAXED);
     pc_store_i64(&pc_mod.rseq, proc->rseq_offset, PC_RELAXED);
-    /* Relaxed: the fast paths read the area offset once per add and use it
-     * alone (every field at a constant displacement from it); it is written
-     * with the same value by every adopter. */
-    pc_store_i64(&pc_mod.area,
-                 proc->sections ? proc->rseq_offset + (proc->mode == PC_CPU_MM_CID) : 0,
-                 PC_RELAXED);
     pc_store_i32(&pc_mod.refs, proc->refs_sections ? 1 : 2, PC_RELEASE);
     pc_bound_cache_raise(proc, pc_load_i32(&proc->bound, PC_ACQUIRE));
     pc_store_i32(&pc_mod.mode, proc->mode, PC_RELEASE);
@@ -320,7 +329,8 @@ static PC_COLD void pc_proc_decide(pc_proc *p) {
     /* The sections find the area's fields at constant displacements from
      * rseq_offset and tell the id source by its low bit: the area is 32-byte
      * aligned (the kernel requires it), the thread pointer at least that. */
-    p->sections = PC_HAVE_RSEQ_ASM && p->rseq_offset != 0 && (p->rseq_offset & 31) == 0;
+    p->sections = PC_HAVE_RSEQ_ASM && p->rseq_offset != 0 && (p->rseq_offset & 31) == 0 &&
+                  p->rseq_offset == (int64_t)(int32_t)p->rseq_offset;
 }
 
 /* ------------------------------------------------------------------------ */

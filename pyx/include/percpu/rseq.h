@@ -35,17 +35,25 @@
  * measured here, a load of the id through another register than the
  * descriptor store's, or before it, made the add 1.5-2x slower; read inside it
  * is stable for the whole section all the same (a change of id means
- * preemption or migration, which aborts). The bound is a memory operand read
- * inside too: an x86 load, which is not reordered with the later store that
- * commits (TSO), so a raise that another thread released is seen before the
- * slot is written, as pc_proc requires of every writer's load of the bound.
- * Sections exist only on x86-64.
+ * preemption or migration, which aborts). The bound comes in a register,
+ * from the same acquire load as the area (pc_local.gate): one load of the
+ * module's state per add. With the bound as a second load (a memory operand)
+ * the add took 1.05-1.41x the time of librseq's bare section here, against
+ * 0.89-1.05x now: the add is bound by its loads and stores.
+ * The acquire load comes before the committing store in program order, and
+ * x86 keeps a load before a later store (TSO), so a raise that another thread
+ * released is seen before the slot is written, as pc_proc requires of every
+ * writer's load of the bound. Sections exist only on x86-64.
  *
  * The two id sources get their own copies of each section, chosen by the low
- * bit of this module's area offset (pc_local.area: rseq_offset for cpu ids,
+ * bit of this module's area offset (the gate's area: rseq_offset for cpu ids,
  * rseq_offset + 1 for mm_cid, 0 for no sections), so that every access has a
  * constant displacement from that one register: struct rseq's rseq_cs at 8,
- * cpu_id at 4, mm_cid at 24 (7, 3 and 23 past the odd offset).
+ * cpu_id at 4, mm_cid at 24 (7, 3 and 23 past the odd offset). mm_cid, the
+ * source wherever the kernel has it, comes first: the flavour laid out second
+ * pays two taken jumps per add (1.16-1.25x the bare section, against
+ * 0.97-1.05x; one section for both, with the id's displacement computed
+ * into an index register, cost as much in arithmetic: 1.13-1.17x).
  *
  * The grace period (membarrier PRIVATE_EXPEDITED_RSEQ) aborts every section
  * in flight in the process, whichever id it indexes by.
@@ -106,7 +114,7 @@ struct pc_slot_mem { int64_t v; };
                  "addq %[v], (%[base], %%rax)\n\t"                             \
                  PC_RSEQ_CS_END                                                \
                  : "+m"(*(struct pc_slot_mem(*)[])(void *)base)                \
-                 : [area] "r"(a), [bound] "m"(pc_mod.bound), [stride] "r"(stride), \
+                 : [area] "r"(a), [bound] "r"(bnd), [stride] "r"(stride), \
                    [base] "r"(base), [v] "er"(v)                                \
                  : "rax", "cc"                                                 \
                  : abort)
@@ -118,8 +126,11 @@ struct pc_slot_mem { int64_t v; };
  * nothing written). */
 static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
 #if PC_HAVE_RSEQ_ASM
-    /* Relaxed: the value is its own payload, written once (pc_adopt). */
-    int64_t a = pc_load_i64(&pc_mod.area, PC_RELAXED);
+    /* Acquire: the bound half is what this thread's slot write is based on
+     * (see pc_proc); the area half is constant once set. */
+    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
+    int64_t a = pc_gate_area(g);
+    uint32_t bnd = pc_gate_bound(g);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD("7", PC_RSEQ_ID_MM_CID);
         return 0;
@@ -148,7 +159,7 @@ static PC_COLD int pc_rseq_id_check(pc_proc *p) {
     int32_t cpu = pc_tp_load_i32(p->rseq_offset + PC_RSEQ_CPU_ID);
     uint32_t id = (uint32_t)pc_tp_load_i32(p->rseq_offset + p->id_field);
     if (cpu < 0 || id >= (uint32_t)p->nr_cpus) return PC_ID_SHARED;
-    if (id >= (uint32_t)pc_load_i32(&pc_mod.bound, PC_ACQUIRE)) pc_slot_raise(p, id);
+    if (id >= pc_gate_bound(pc_load_i64(&pc_mod.gate, PC_ACQUIRE))) pc_slot_raise(p, id);
     return PC_ID_OK;
 }
 
@@ -221,14 +232,16 @@ static inline int pc_rseq_live(void) { return pc_mod_proc()->sections; }
                  "addq %[v], (%[base], %%rax)\n\t"                             \
                  PC_RSEQ_CS_END                                                \
                  : /* no outputs */                                            \
-                 : [area] "r"(a), [bound] "m"(pc_mod.bound), [stride] "r"(stride), \
+                 : [area] "r"(a), [bound] "r"(bnd), [stride] "r"(stride), \
                    [base] "r"(base), [v] "er"(v), [mode] "r"(mode)             \
                  : "rax", "memory", "cc"                                       \
                  : abort, not_fast)
 
 static inline int pc_rseq_try_add_if(const int32_t *mode, char *base, size_t stride, int64_t v) {
-    /* Relaxed: see pc_rseq_add_i64. */
-    int64_t a = pc_load_i64(&pc_mod.area, PC_RELAXED);
+    /* Acquire: see pc_rseq_add_i64. */
+    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
+    int64_t a = pc_gate_area(g);
+    uint32_t bnd = pc_gate_bound(g);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD_IF("7", PC_RSEQ_ID_MM_CID);
         return 0;
@@ -259,14 +272,16 @@ not_fast:
                  "movq %%rcx, (%%rax)\n\t"                                     \
                  PC_RSEQ_CS_END                                                \
                  : /* no outputs */                                            \
-                 : [area] "r"(a), [bound] "m"(pc_mod.bound), [stride] "r"(stride), \
+                 : [area] "r"(a), [bound] "r"(bnd), [stride] "r"(stride), \
                    [base] "r"(base), [v] "er"(v), [limit] "r"(limit)           \
                  : "rax", "rcx", "rdx", "memory", "cc"                         \
                  : abort, out_of_limit)
 
 static inline int pc_rseq_try_add_bounded(char *base, size_t stride, int64_t v, int64_t limit) {
-    /* Relaxed: see pc_rseq_add_i64. */
-    int64_t a = pc_load_i64(&pc_mod.area, PC_RELAXED);
+    /* Acquire: see pc_rseq_add_i64. */
+    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
+    int64_t a = pc_gate_area(g);
+    uint32_t bnd = pc_gate_bound(g);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD_BOUNDED("7", PC_RSEQ_ID_MM_CID);
         return 0;
@@ -293,14 +308,16 @@ out_of_limit:
                  "movq $0, (%%rax)\n\t"                                        \
                  PC_RSEQ_CS_END                                                \
                  : /* no outputs */                                            \
-                 : [area] "r"(a), [bound] "m"(pc_mod.bound), [stride] "r"(stride), \
+                 : [area] "r"(a), [bound] "r"(bnd), [stride] "r"(stride), \
                    [base] "r"(base), [v] "er"(v), [out] "r"(out)               \
                  : "rax", "rcx", "memory", "cc"                                \
                  : abort)
 
 static inline int pc_rseq_try_take(char *base, size_t stride, int64_t v, int64_t *out) {
-    /* Relaxed: see pc_rseq_add_i64. */
-    int64_t a = pc_load_i64(&pc_mod.area, PC_RELAXED);
+    /* Acquire: see pc_rseq_add_i64. */
+    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
+    int64_t a = pc_gate_area(g);
+    uint32_t bnd = pc_gate_bound(g);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_TAKE("7", PC_RSEQ_ID_MM_CID);
         return 0;
