@@ -95,6 +95,13 @@ def percpu_over_baseline(file: ResultFile, workload: str) -> str | None:
     return f"`{workload}`: `{candidate}` over `{baseline}`: " + ", ".join(parts) + "."
 
 
+def _step(a: Point, b: Point) -> str:
+    """`b` over `a` in throughput, with Welch's p where there are values to test."""
+    test = stats.welch_test(a.throughput_samples, b.throughput_samples)
+    p = "" if test is None else f", p={test[1]:.2g}"
+    return f"`{b.strategy}` {fmt.percent_change(b.ops_mean / a.ops_mean)} over `{a.strategy}`{p}"
+
+
 def packet_ordering(file: ResultFile) -> str | None:
     """Whether packet shows the seed's ordering atomic+atomic < bigref+atomic < bigref+percpu."""
     counts = sorted({p.threads for p in file.of("packet")})
@@ -122,6 +129,7 @@ def packet_ordering(file: ResultFile) -> str | None:
             verdict += " in the means, but " + " and ".join(
                 f"the step `{a.strategy}` -> `{b.strategy}` is not significant" for a, b in steps
             )
+        verdict += " (steps: " + ", ".join(_step(a, b) for a, b in ((aa, ba), (ba, bp))) + ")"
     else:
         broken = [f"`{a.strategy}` >= `{b.strategy}`" for a, b in ((aa, ba), (ba, bp)) if a.ops_mean >= b.ops_mean]
         verdict = "does not hold (" + ", ".join(broken) + ")"
