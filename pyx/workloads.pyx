@@ -267,9 +267,11 @@ cdef void *_counter_state(object c, str strategy, list sizes) except NULL:
                      + ((<StripedCounter>c).c.mask + 1) * sizeof(pc_cell))
     else:
         # A strategy without a specialised loop: the object itself, driven
-        # through CounterBase's vtable; the objs list keeps it alive.
+        # through CounterBase's vtable; the objs list keeps it alive. What C
+        # state it holds is its own business: its size is unknown (-1), not
+        # the Python object's, which would understate it.
         p = <void *><CounterBase?>c
-        sizes.append(type(c).__basicsize__)
+        sizes.append(-1)
     return p
 
 
@@ -282,7 +284,8 @@ def run_stat(str strategy, int threads, int64_t ops, dict params, int64_t durati
     otherwise, except for ``racy``, which reports ``lost_updates`` and
     ``exact`` instead. ``bytes_per_object`` is one counter's memory: its
     struct, its own slots, and for pool-backed ones the pool bytes in use per
-    counter.
+    counter; None for a strategy without a specialised loop, whose C state
+    this module does not know.
     """
     from percpu.counters import COUNTERS
     cdef int nthreads = threads
@@ -338,8 +341,8 @@ def run_stat(str strategy, int threads, int64_t ops, dict params, int64_t durati
         free(done)
 
     observed = sum(c.value() for c in objs)
-    bytes_per_object = sum(sizes) / n
-    if pool is not None:
+    bytes_per_object = None if min(sizes) < 0 else sum(sizes) / n
+    if pool is not None and bytes_per_object is not None:
         st = pool.stats()
         bytes_per_object += st["bytes_used"] / n
     res.update(

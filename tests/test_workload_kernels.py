@@ -314,7 +314,10 @@ def test_a_new_counter_strategy_runs_through_the_generic_loop(monkeypatch: pytes
         minimums=stat.minimums, maximums=stat.maximums, baseline=stat.baseline))
     res = run("stat", "mine", 4, 50_000, counters=4, read_every=100)
     assert res["exact"] == 1 and res["observed"] == 4 * 50_000
-    assert res["reads"] == 4 * (50_000 // 100) and res["bytes_per_object"] > 0
+    assert res["reads"] == 4 * (50_000 // 100)
+    # Its C state is its own: the kernel says it does not know its size
+    # rather than give the Python object's (which understates it).
+    assert res["bytes_per_object"] is None
     c = Mine()
     r = hammer(c, 3, 20_000, mixed=True)
     assert c.value() == r["expected"] == 3 * (20_000 - 2 * (20_000 // 4))
