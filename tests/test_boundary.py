@@ -345,7 +345,9 @@ def test_init_runs_once(name: str) -> None:
 
     def child() -> None:
         o = cls()
-        if cls in (percpu.AtomicCounter, percpu.RacyCounter, percpu.LockedCounter, percpu.NaivePool):
+        # The signature Cython embeds in the class docstring: a class that
+        # takes no arguments has nothing to configure.
+        if (cls.__doc__ or "").splitlines()[0] == f"{cls.__name__}()":
             o.__init__()  # nothing to configure: harmless
             return
         with pytest.raises(RuntimeError, match="already"):
