@@ -69,7 +69,8 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_key_t key;
     int32_t high_water;  /* records [0, high_water) have been handed out */
-    int32_t live;        /* records in use */
+    int32_t live;        /* records in use; written under lock, read without it
+                          * only as a hint (pc_registry_join) */
     int32_t membarrier;  /* which PC_MB_* registrations succeeded */
     int32_t grace_periods;
     pthread_mutex_t fork_lock;  /* guards fork_head's list */
@@ -160,7 +161,9 @@ static void pc_registry_leave(pc_registry *reg, pc_thread_rec *rec) {
     pthread_mutex_lock(&reg->lock);
     if (rec->in_use) {
         rec->in_use = 0;
-        reg->live--;
+        /* Relaxed: the lock orders the writers; pc_registry_join's unlocked
+         * read is a hint. */
+        pc_store_i32(&reg->live, reg->live - 1, PC_RELAXED);
     }
     pthread_mutex_unlock(&reg->lock);
 }
@@ -184,12 +187,17 @@ static PC_COLD pc_thread_rec *pc_registry_join(pc_registry *reg) {
         pc_tls_cache_set(rec);
         return rec;
     }
+    /* A full registry sends this thread to the shared paths (exact) without
+     * taking the lock and scanning every record on each of its calls.
+     * Relaxed: a stale "full" costs one call the shared path, and the next
+     * call looks again; a stale "not full" costs the scan. */
+    if (pc_load_i32(&reg->live, PC_RELAXED) >= PC_MAX_THREADS) return NULL;
     pthread_mutex_lock(&reg->lock);
     for (i = 0; i < PC_MAX_THREADS; i++) {
         if (!reg->recs[i].in_use) {
             rec = &reg->recs[i];
             rec->in_use = 1;
-            reg->live++;
+            pc_store_i32(&reg->live, reg->live + 1, PC_RELAXED);
             /* Writers of high_water hold the lock; the grace period reads it
              * with acquire to see the records' initial state. */
             if (i >= reg->high_water) pc_store_i32(&reg->high_water, i + 1, PC_RELEASE);

@@ -74,14 +74,16 @@ static void pc_fork_child(void) {
     pc_registry *reg = pc_the_registry;
     pc_thread_rec *mine = (pc_thread_rec *)pthread_getspecific(reg->key);
     int i;
-    reg->live = 0;
+    int32_t live = 0;
     for (i = 0; i < PC_MAX_THREADS; i++) {
         pc_thread_rec *r = &reg->recs[i];
-        if (r == mine) { r->seq &= ~(uint64_t)1; reg->live++; }
+        if (r == mine) { r->seq &= ~(uint64_t)1; live++; }
         /* The caches of a thread that is not in the child are not ours to
          * clear; the next owner starts without them. */
         else if (r->in_use) { r->in_use = 0; r->seq = 0; r->caches = NULL; }
     }
+    /* Only this thread exists: relaxed, as every write of the count. */
+    pc_store_i32(&reg->live, live, PC_RELAXED);
     /* Threads that stepped into the gate and back out while it was closed
      * left their count behind; none of them exists here. */
     reg->gate.inside = 0;
