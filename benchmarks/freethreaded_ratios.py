@@ -27,7 +27,7 @@ from percpu import pycounter
 
 ROWS = [
     # (label, strategy, form)
-    ("list.__len__ (the floor: touches nothing shared)", "peer:list.__len__", "own"),
+    ("list.__len__ (touches nothing shared: how a call scales)", "peer:list.__len__", "own"),
     ("own PerCPUCounter", "percpu", "own"),
     ("own AtomicCounter", "atomic", "own"),
     ("shared PerCPUCounter, inc = c.inc per thread", "percpu", "bound"),

@@ -322,9 +322,9 @@ def test_percpu_speedup_over_atomic(tmp_path: Path) -> None:
 def test_packet_ordering_follows_the_data(tmp_path: Path) -> None:
     holds = _one(_findings(tmp_path, shared_noise=True), "`packet` ordering at 4 threads")
     # 245 / 231 and 245 / 158 ns per op.
-    assert "holds (steps: " in holds and "+6.1%" in holds and "+55.1%" in holds
+    assert "holds:" in holds and "+6.1%" in holds and "+55.1%" in holds
     # Each step over the one before it, with its test: 158 ns over 231 ns.
-    step = re.search(r"`bigref\+percpu` \+46\.2% over `bigref\+atomic`, p=([0-9.e-]+)\)", holds)
+    step = re.search(r"`bigref\+percpu` \+46\.2% over `bigref\+atomic`, p=([0-9.e-]+);", holds)
     assert step is not None, holds
     assert float(step.group(1)) < 0.05
     broken = _one(_findings(tmp_path, scale={("packet", "bigref+percpu"): 1.6}), "`packet` ordering at 4 threads")

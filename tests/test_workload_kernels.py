@@ -46,6 +46,9 @@ def interval(every: int, threads: int) -> int:
 
 # stat ----------------------------------------------------------------------
 
+#: The strategies the stat kernel has a specialised loop for.
+BUILTIN_COUNTERS = ("atomic", "locked", "percpu", "perthread", "approx", "striped", "racy")
+
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("strategy", sorted(COUNTERS))
 def test_stat(strategy: str, threads: int) -> None:
@@ -54,7 +57,10 @@ def test_stat(strategy: str, threads: int) -> None:
     check_standard(res, threads, ops, elapsed)
     assert res["counters"] == 16
     assert res["reads"] == threads * (ops // 300)
-    assert res["bytes_per_object"] > 0
+    # The strategies with a loop of their own report their memory; one that
+    # runs through the generic loop reports it as unknown (see below).
+    if res["bytes_per_object"] is not None or strategy in BUILTIN_COUNTERS:
+        assert res["bytes_per_object"] > 0
     assert res["expected"] == threads * ops
     if strategy in EXACT_COUNTERS:
         assert res["observed"] == threads * ops

@@ -137,8 +137,8 @@ struct pc_rseq_abi {
  *
  * Memory orders of the bound: a raise is a release (CAS); every load that a
  * writer bases a slot write on, and every load of a reader or the allocator,
- * is an acquire (in a section, an x86 load before the committing store, which
- * TSO keeps in order: see percpu/rseq.h). A writer's raise (or the raise it
+ * is an acquire (a section's is the acquire load of the module's gate,
+ * before the section: see percpu/rseq.h). A writer's raise (or the raise it
  * read) therefore happens before its slot write, and a reader or allocator
  * that the write happens before reads that bound or a later, larger one
  * (coherence), so it covers the slot. A module's copy of the bound is raised
@@ -202,7 +202,7 @@ static pc_local pc_mod;
 static PC_TLS int pc_tls_thread_index = -1;
 
 /* The halves of pc_mod.gate. The area is sign-extended (rseq_offset is a
- * small negative offset from the thread pointer; pc_cpu_choose() runs no
+ * small negative offset from the thread pointer; pc_proc_decide() runs no
  * sections where it does not fit in 32 bits). */
 static inline int64_t pc_gate_area(int64_t gate) { return (int64_t)(int32_t)(uint32_t)gate; }
 static inline uint32_t pc_gate_bound(int64_t gate) { return (uint32_t)((uint64_t)gate >> 32); }
@@ -211,9 +211,9 @@ static inline uint32_t pc_gate_bound(int64_t gate) { return (uint32_t)((uint64_t
  * with it; only where sections run (elsewhere the gate stays 0 and keeps
  * the fast paths off). */
 static PC_COLD void pc_bound_cache_raise(pc_proc *p, int32_t b) {
-    int64_t old = pc_load_i64(&pc_mod.gate, PC_RELAXED);
-    int64_t area = p->rseq_offset + (p->mode == PC_CPU_MM_CID);
+    int64_t old, area = p->rseq_offset + (p->mode == PC_CPU_MM_CID);
     if (!p->sections || b <= 0) return;
+    old = pc_load_i64(&pc_mod.gate, PC_RELAXED);
     /* Release: the fast paths load the gate with acquire and write a slot
      * below its bound; the value came from an acquire load of proc->bound
      * (or a raise of it), so the raise that produced it happens before their

@@ -38,12 +38,12 @@
  * preemption or migration, which aborts). The bound comes in a register,
  * from the same acquire load as the area (pc_local.gate): one load of the
  * module's state per add. With the bound as a second load (a memory operand)
- * the add took 1.05-1.41x the time of librseq's bare section here, against
- * 0.89-1.05x now: the add is bound by its loads and stores.
- * The acquire load comes before the committing store in program order, and
- * x86 keeps a load before a later store (TSO), so a raise that another thread
- * released is seen before the slot is written, as pc_proc requires of every
- * writer's load of the bound. Sections exist only on x86-64.
+ * the add took 1.09-1.39x the time of librseq's bare section here (five runs
+ * at 1 and 2 threads), against a median of 0.95x (1 thread) and 1.03x (2)
+ * now: the add is bound by its loads and stores, not its instructions. The
+ * acquire load orders the slot write after it, so a raise that another
+ * thread released is seen before the slot is written, as pc_proc requires
+ * of every writer's load of the bound. Sections exist only on x86-64.
  *
  * The two id sources get their own copies of each section, chosen by the low
  * bit of this module's area offset (the gate's area: rseq_offset for cpu ids,
@@ -51,9 +51,10 @@
  * constant displacement from that one register: struct rseq's rseq_cs at 8,
  * cpu_id at 4, mm_cid at 24 (7, 3 and 23 past the odd offset). mm_cid, the
  * source wherever the kernel has it, comes first: the flavour laid out second
- * pays two taken jumps per add (1.16-1.25x the bare section, against
- * 0.97-1.05x; one section for both, with the id's displacement computed
- * into an index register, cost as much in arithmetic: 1.13-1.17x).
+ * pays two taken jumps per add (medians over ten runs at 1 thread: 1.16-1.25x
+ * the bare section, against 0.97x for the first; one section for both, with
+ * the id's displacement computed into an index register, cost as much in
+ * arithmetic: 1.13-1.17x).
  *
  * The grace period (membarrier PRIVATE_EXPEDITED_RSEQ) aborts every section
  * in flight in the process, whichever id it indexes by.

@@ -129,7 +129,10 @@ def packet_ordering(file: ResultFile) -> str | None:
             verdict += " in the means, but " + " and ".join(
                 f"the step `{a.strategy}` -> `{b.strategy}` is not significant" for a, b in steps
             )
-        verdict += " (steps: " + ", ".join(_step(a, b) for a, b in ((aa, ba), (ba, bp))) + ")"
+        # Each step over the one before it, then the whole way.
+        gains = "; ".join(_step(a, b) for a, b in ((aa, ba), (ba, bp))) + (
+            f"; `{bp.strategy}` {fmt.percent_change(bp.ops_mean / aa.ops_mean)} over "
+            f"`{aa.strategy}` in all")
     else:
         broken = [f"`{a.strategy}` >= `{b.strategy}`" for a, b in ((aa, ba), (ba, bp)) if a.ops_mean >= b.ops_mean]
         verdict = "does not hold (" + ", ".join(broken) + ")"
