@@ -25,7 +25,7 @@ from libc.string cimport memset
 
 
 from percpu.cpercpu cimport *
-from percpu._team cimport PC_TEAM_POLL, pc_kernel_fn, pc_run_team, pc_team_expired
+from percpu._team cimport pc_kernel_fn, pc_run_team, pc_team_expired, pc_team_round_end
 from percpu._alloc cimport PerCPUPool
 from percpu._counters cimport (
     ApproxCounter, AtomicCounter, CounterBase, LockedCounter, PerCPUCounter, PerThreadCounter,
@@ -81,13 +81,6 @@ cdef int64_t _run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,
                        int64_t *done, int64_t duration_ns) except -1:
     """Runs the team without the GIL; returns its wall time in ns."""
     return pc_run_team(fn, arg, threads, ops, done, _pinned(), duration_ns)
-
-
-cdef inline int64_t _chunk_end(int64_t i, int64_t ops) noexcept nogil:
-    # The loops run in chunks of PC_TEAM_POLL ops and look at the clock
-    # between chunks (pc_team_expired: a thread-local test, and a clock read
-    # only in a time-bounded run), so the per-op path carries no check.
-    return ops if ops - i <= PC_TEAM_POLL else i + PC_TEAM_POLL
 
 
 cdef dict _result(int64_t wall_ns, int64_t total, int threads, int64_t *done):
@@ -206,7 +199,7 @@ cdef inline void _stat_loop(CounterKind *tag, StatJob *job, int tid, int64_t ops
     cdef int64_t reads = 0, i = 0, end
     cdef uint64_t sink = 0
     while i < ops:
-        end = _chunk_end(i, ops)
+        end = pc_team_round_end(i, ops)
         while i < end:
             _counter_add(tag, cs[_pick(_xorshift(&rng), n)])
             i += 1
@@ -749,7 +742,7 @@ cdef inline void _netdev_loop(DevKind *t, RefJob *job, int tid, int64_t ops,
     cdef size_t fields = job.dev_fields
     cdef Obj *held = _dev_switch(t, job, NULL)
     while i < ops:
-        end = _chunk_end(i, ops)
+        end = pc_team_round_end(i, ops)
         while i < end:
             # Relaxed: only says when to switch; _dev_switch re-reads with acquire.
             if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
@@ -788,7 +781,7 @@ cdef inline void _dst_loop(DstKind *t, RefJob *job, int tid, int64_t ops,
     cdef size_t fields = job.dst_fields
     cdef Obj *e
     while i < ops:
-        end = _chunk_end(i, ops)
+        end = pc_team_round_end(i, ops)
         while i < end:
             e = _dst_hold(t, job, _xorshift(&rng), &x)
             x += _use(e, fields)
@@ -830,7 +823,7 @@ cdef inline void _packet_loop(DevKind *dt, DstKind *st, RefJob *job, int tid, in
     cdef Obj *held = _dev_switch(dt, job, NULL)
     cdef Obj *e
     while i < ops:
-        end = _chunk_end(i, ops)
+        end = pc_team_round_end(i, ops)
         while i < end:
             if PC_UNLIKELY(<Obj *>pc_load_ptr(<void **>&job.cur, PC_RELAXED) != held):
                 held = _dev_switch(dt, job, held)

@@ -24,6 +24,7 @@ cdef extern from "percpu/team.h" nogil:
         int64_t *thread_ns
     int pc_team_run(pc_team *t)
     bint pc_team_expired()
+    int64_t pc_team_round_end(int64_t i, int64_t ops)
 
 
 cdef inline int64_t pc_run_team(pc_kernel_fn fn, void *arg, int threads, int64_t ops,

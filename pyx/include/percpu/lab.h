@@ -37,7 +37,7 @@ typedef struct { int kind; int mixed; void *c; } pc_counter_job;
     do {                                                                   \
         T *c = (T *)job->c;                                                \
         for (i = 0; i < ops && (i == 0 || !pc_team_expired());) {          \
-            int64_t end = ops - i < PC_TEAM_POLL ? ops : i + PC_TEAM_POLL; \
+            int64_t end = pc_team_round_end(i, ops);                       \
             if (job->mixed)                                                \
                 for (; i < end; i++) ADD(c, (i & 3) == 3 ? -1 : 1);        \
             else                                                           \

@@ -78,6 +78,13 @@ static inline int pc_team_expired(void) {
     return d != 0 && pc_now_ns() >= d;
 }
 
+/* Where the round of ops that starts at op i ends: kernels run in rounds of
+ * PC_TEAM_POLL ops and look at pc_team_expired() between rounds, so the
+ * per-op path carries no check. */
+static inline int64_t pc_team_round_end(int64_t i, int64_t ops) {
+    return ops - i <= PC_TEAM_POLL ? ops : i + PC_TEAM_POLL;
+}
+
 /* A real-time signal that neither glibc nor CPython uses. */
 #define PC_TEAM_SIGNAL (SIGRTMIN + 6)
 
