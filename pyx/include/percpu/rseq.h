@@ -121,17 +121,23 @@ struct pc_slot_mem { int64_t v; };
                  : abort)
 #endif
 
+/* The gate as a section needs it: the area (the return value) and the
+ * bound (*bound), from one load. Acquire: the bound is what this thread's
+ * slot write is based on (see pc_proc); the area is constant once set. */
+static inline int64_t pc_gate_load(uint32_t *bound) {
+    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
+    *bound = pc_gate_bound(g);
+    return pc_gate_area(g);
+}
+
 /* One try at adding v to this thread's slot at base + id * stride in a
  * section: 0 committed, 1 not (the module has not adopted, sections are off,
  * the id is not below the bound or there is none, or the section aborted;
  * nothing written). */
 static inline int pc_rseq_add_i64(char *base, size_t stride, int64_t v) {
 #if PC_HAVE_RSEQ_ASM
-    /* Acquire: the bound half is what this thread's slot write is based on
-     * (see pc_proc); the area half is constant once set. */
-    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
-    int64_t a = pc_gate_area(g);
-    uint32_t bnd = pc_gate_bound(g);
+    uint32_t bnd;
+    int64_t a = pc_gate_load(&bnd);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD("7", PC_RSEQ_ID_MM_CID);
         return 0;
@@ -167,6 +173,7 @@ static PC_COLD int pc_rseq_id_check(pc_proc *p) {
 /* The rest of this_cpu_add() when the section did not commit; p is the
  * process's choice as this module adopted it. */
 static PC_COLD void pc_percpu_add_slow(pc_proc *p, char *base, size_t stride, int64_t v) {
+    int64_t *slot;
     if (p->sections) {
         /* An abort means preemption, migration or a signal: retry. Never
          * an atomic add on an id's slot here: its owner's unlocked add
@@ -315,10 +322,8 @@ out_of_limit:
                  : abort)
 
 static inline int pc_rseq_try_take(char *base, size_t stride, int64_t v, int64_t *out) {
-    /* Acquire: see pc_rseq_add_i64. */
-    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
-    int64_t a = pc_gate_area(g);
-    uint32_t bnd = pc_gate_bound(g);
+    uint32_t bnd;
+    int64_t a = pc_gate_load(&bnd);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_TAKE("7", PC_RSEQ_ID_MM_CID);
         return 0;
