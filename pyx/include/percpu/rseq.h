@@ -187,13 +187,12 @@ static PC_COLD void pc_percpu_add_slow(pc_proc *p, char *base, size_t stride, in
     /* No section writes these slots, and other threads may run on "our" id
      * meanwhile: the add must be atomic. Relaxed: a counter's value is only
      * read as a sum, no data is published through it. */
+    slot = (int64_t *)(void *)(base + (size_t)pc_current_slot_of(p) * stride);
     if (pc_mutant(PC_MUT_FALLBACK_ADD_PLAIN)) {
-        int64_t *slot = (int64_t *)(void *)(base + (size_t)pc_current_slot_of(p) * stride);
         pc_store_i64(slot, pc_load_i64(slot, PC_RELAXED) + v, PC_RELAXED);
         return;
     }
-    pc_fetch_add_i64((int64_t *)(void *)(base + (size_t)pc_current_slot_of(p) * stride), v,
-                     PC_RELAXED);
+    pc_fetch_add_i64(slot, v, PC_RELAXED);
 }
 
 static PC_COLD void pc_percpu_add_slow_mod(char *base, size_t stride, int64_t v) {
@@ -246,10 +245,8 @@ static inline int pc_rseq_live(void) { return pc_mod_proc()->sections; }
                  : abort, not_fast)
 
 static inline int pc_rseq_try_add_if(const int32_t *mode, char *base, size_t stride, int64_t v) {
-    /* Acquire: see pc_rseq_add_i64. */
-    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
-    int64_t a = pc_gate_area(g);
-    uint32_t bnd = pc_gate_bound(g);
+    uint32_t bnd;
+    int64_t a = pc_gate_load(&bnd);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD_IF("7", PC_RSEQ_ID_MM_CID);
         return 0;
@@ -286,10 +283,8 @@ not_fast:
                  : abort, out_of_limit)
 
 static inline int pc_rseq_try_add_bounded(char *base, size_t stride, int64_t v, int64_t limit) {
-    /* Acquire: see pc_rseq_add_i64. */
-    int64_t g = pc_load_i64(&pc_mod.gate, PC_ACQUIRE);
-    int64_t a = pc_gate_area(g);
-    uint32_t bnd = pc_gate_bound(g);
+    uint32_t bnd;
+    int64_t a = pc_gate_load(&bnd);
     if (PC_LIKELY(a & 1)) {
         PC_RSEQ_SECTION_ADD_BOUNDED("7", PC_RSEQ_ID_MM_CID);
         return 0;
